@@ -1,0 +1,153 @@
+"""Training throughput of tinylm's GPT against a plain PyTorch GPT of the same shape, same process.
+
+    python bench/bench_train.py                 # CUDA: 124M and ~30M shapes; CPU: the default tiny shape
+    python bench/bench_train.py --shapes tiny --steps 20
+
+On CUDA it compares, at each shape, bf16 autocast + torch.compile everywhere:
+  - tinylm GPT with kernels=triton  vs  the plain GPT (nn.LayerNorm + F.scaled_dot_product_attention)
+  - tinylm GPT with kernels=triton  vs  tinylm GPT with kernels=torch
+and prints tokens/s, MFU and the ratios. On CPU (no compile, fp32) it compares tinylm against the
+plain GPT at the default tiny shape. A table goes to stdout and to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tinylm import ops
+from tinylm.config import ModelConfig
+from tinylm.models import build_model
+from tinylm.train.loop import peak_flops
+
+SHAPES = {  # name: (n_layer, n_head, d_model, seq_len, batch, vocab)
+    "124m": (12, 12, 768, 1024, 16, 50304),
+    "30m": (8, 8, 512, 512, 32, 16384),
+    "tiny": (4, 4, 128, 128, 32, 2048),
+}
+
+
+class PlainBlock(nn.Module):
+    """The textbook pre-LN block: what a user would write without tinylm."""
+
+    def __init__(self, d: int, h: int):
+        super().__init__()
+        self.h = h
+        self.ln1, self.ln2 = nn.LayerNorm(d, bias=False), nn.LayerNorm(d, bias=False)
+        self.qkv, self.proj = nn.Linear(d, 3 * d, bias=False), nn.Linear(d, d, bias=False)
+        self.fc, self.fc_proj = nn.Linear(d, 4 * d, bias=False), nn.Linear(4 * d, d, bias=False)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.h, C // self.h).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
+        x = x + self.proj(y)
+        return x + self.fc_proj(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
+
+
+class PlainGPT(nn.Module):
+    def __init__(self, n_layer, n_head, d, max_len, vocab):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(max_len, d)
+        self.blocks = nn.ModuleList(PlainBlock(d, n_head) for _ in range(n_layer))
+        self.ln, self.head = nn.LayerNorm(d, bias=False), nn.Linear(d, vocab, bias=False)
+        self.head.weight = self.tok.weight
+
+    def forward(self, idx):
+        x = self.tok(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device))
+        for b in self.blocks:
+            x = b(x)
+        return self.head(self.ln(x))
+
+
+def measure(model, shape, device, steps: int, warmup: int, compile_: bool, autocast: bool) -> float:
+    """Training tokens/s over `steps` AdamW steps after `warmup` (compilation, autotuning)."""
+    n_layer, n_head, d, T, B, V = shape
+    model = model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    fwd = torch.compile(model) if compile_ else model
+    g = torch.Generator(device="cpu").manual_seed(0)
+    data = torch.randint(0, V, (B, T + 1), generator=g).to(device)
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = fwd(data[:, :-1])
+        loss = F.cross_entropy(logits.float().view(-1, V), data[:, 1:].reshape(-1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * B * T / (time.perf_counter() - t0)
+
+
+def main() -> int:
+    cuda = torch.cuda.is_available()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shapes", default="124m,30m" if cuda else "tiny")
+    p.add_argument("--steps", type=int, default=30 if cuda else 10)
+    p.add_argument("--warmup", type=int, default=5 if cuda else 2)
+    p.add_argument("--out", default=None, help="results file (default: bench/results/train_<card>_<date>.md)")
+    args = p.parse_args()
+    device = torch.device("cuda" if cuda else "cpu")
+    card = torch.cuda.get_device_name() if cuda else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    peak = peak_flops(device)
+    rows = []
+    for name in args.shapes.split(","):
+        shape = SHAPES[name]
+        n_layer, n_head, d, T, B, V = shape
+        cfg = ModelConfig(vocab_size=V, n_layer=n_layer, n_head=n_head, d_model=d, max_seq_len=T)
+        results = {}
+        variants = {"plain": None, "tinylm[torch]": "torch"}
+        if cuda:
+            variants["tinylm[triton]"] = "triton"
+        for label, backend in variants.items():
+            torch.manual_seed(0)
+            if backend is None:
+                model = PlainGPT(n_layer, n_head, d, T, V)
+            else:
+                ops.set_default_backend(backend)
+                model = build_model(cfg)
+            results[label] = measure(model, shape, device, args.steps, args.warmup, compile_=cuda, autocast=cuda)
+            del model
+            if cuda:
+                torch.cuda.empty_cache()
+        flops_tok = build_model(cfg).flops_per_token(T)
+        best = "tinylm[triton]" if cuda else "tinylm[torch]"
+        for label, tps in results.items():
+            mfu = f"{flops_tok * tps / peak:.1%}" if peak else "-"
+            rows.append((name, label, f"{tps:,.0f}", mfu, f"{results[best] / tps:.2f}x" if label != best else "1.00x"))
+    header = ("shape", "variant", "tokens/s", "MFU", f"{'tinylm[triton]' if cuda else 'tinylm[torch]'} / variant")
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    fmt = " | ".join(f"{{:{w}}}" for w in widths)
+    table = "\n".join([fmt.format(*header), "-+-".join("-" * w for w in widths), *(fmt.format(*r) for r in rows)])
+    date = dt.date.today().isoformat()
+    meta = (f"card: {card}\ndate: {date}\ntorch {torch.__version__}\ncommand: {' '.join(sys.argv)}\n"
+            f"steps {args.steps} after {args.warmup} warm-up; {'bf16 autocast + torch.compile' if cuda else 'fp32 eager'}\n")
+    print(meta + "\n" + table)
+    out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"train_{card.split()[0].lower() if not cuda else card.replace(' ', '_')}_{date}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("# Training throughput\n\n```\n" + meta + "\n" + table + "\n```\n")
+    print(f"\nwritten to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

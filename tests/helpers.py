@@ -1,0 +1,35 @@
+"""Helpers the tests share: composing the real configs and running the real entry point."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from tinylm.cli import CONF_DIR
+from tinylm.config import PretrainConfig, register_configs
+
+ROOT = Path(__file__).resolve().parent.parent
+
+register_configs()
+
+
+def compose_pretrain(*overrides: str) -> PretrainConfig:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("pretrain", overrides=list(overrides))
+    return OmegaConf.to_object(cfg)
+
+
+def smoke_config(run_dir: Path, cache_dir: Path, *overrides: str) -> PretrainConfig:
+    """The debug=cpu_smoke config writing into run_dir with a shared cache."""
+    return compose_pretrain("debug=cpu_smoke", f"run_dir={run_dir}", f"data.cache_dir={cache_dir}", *overrides)
+
+
+def run_cli(module: str, *args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)

@@ -1,0 +1,52 @@
+"""Every shipped config composes against the schema, and mistakes fail at launch."""
+
+from pathlib import Path
+
+import pytest
+from helpers import compose_pretrain, run_cli
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from tinylm.cli import CONF_DIR
+from tinylm.config import PretrainConfig
+
+GROUPS = sorted(p.name for p in Path(CONF_DIR).iterdir() if p.is_dir())
+OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((Path(CONF_DIR) / g).glob("*.yaml"))]
+
+
+def test_every_group_has_options():
+    assert {"model", "data", "tokenizer", "optim", "train", "logger", "experiment", "debug"} <= set(GROUPS)
+
+
+@pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_shipped_option_composes(group, option):
+    cfg = compose_pretrain(f"{group}={option}", "run_dir=/tmp/x")
+    assert isinstance(cfg, PretrainConfig)
+    if group == "model":
+        assert cfg.model.d_model % cfg.model.n_head == 0
+        assert cfg.train.seq_len <= cfg.model.max_seq_len or option == "gpt_tiny"
+
+
+def test_debug_overrides_win_over_groups():
+    cfg = compose_pretrain("debug=cpu_smoke", "run_dir=/tmp/x")
+    assert cfg.train.steps == 8 and cfg.model.d_model == 64 and cfg.train.device == "cpu"
+
+
+def test_experiment_sets_groups():
+    cfg = compose_pretrain("experiment=gpt_30m_gpu", "run_dir=/tmp/x")
+    assert cfg.model.d_model == 512 and cfg.optim.schedule == "wsd"
+
+
+def test_typo_and_wrong_type_fail_at_compose():
+    with pytest.raises(ConfigCompositionException, match="n_layr"):
+        compose_pretrain("model.n_layr=4", "run_dir=/tmp/x")
+    with pytest.raises((ConfigCompositionException, ValidationError, ConfigKeyError), match="n_layer"):
+        compose_pretrain("model.n_layer=abc", "run_dir=/tmp/x")
+
+
+def test_cli_rejects_typo_before_running(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli("tinylm.pretrain", "model.n_layr=4", f"hydra.run.dir={run_dir}")
+    assert result.returncode != 0
+    assert "Key 'n_layr' not in 'ModelConfig'" in result.stderr
+    assert not run_dir.exists()

@@ -1,0 +1,73 @@
+"""Batches of token windows from a shard, with exact tokens- and words-seen accounting.
+
+The training stream is cut into non-overlapping windows of seq_len + 1 tokens (inputs and the
+next-token targets share seq_len of them); each epoch visits every window once in an order drawn
+from (seed, epoch). The loader's whole position is `state_dict()`: two integers, so a resumed run
+reads exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (B, T) int64
+    targets: torch.Tensor  # (B, T) int64
+    words: int  # whitespace-separated words whose first token is among the targets
+
+
+class TokenLoader:
+    def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int, word_start: np.ndarray):
+        self.tokens = tokens
+        self.seq_len = seq_len
+        self.batch_size = batch_size
+        self.seed = seed
+        self.word_start = word_start  # (V,) bool lookup, see Tokenizer.word_start_table
+        self.n_windows = (len(tokens) - 1) // seq_len
+        if self.n_windows < batch_size:
+            raise ValueError(
+                f"the training split has {len(tokens)} tokens: fewer than one batch of "
+                f"{batch_size} x {seq_len + 1}; lower train.batch_size or train.seq_len, or add data"
+            )
+        self.epoch = 0
+        self.cursor = 0  # windows of this epoch already served
+        self._order = self._epoch_order(0)
+
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.n_windows, generator=g)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "cursor": self.cursor, "seq_len": self.seq_len, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["seq_len"] != self.seq_len or state["seed"] != self.seed:
+            raise ValueError(f"loader state {state} does not match seq_len={self.seq_len}, seed={self.seed}")
+        self.epoch, self.cursor = state["epoch"], state["cursor"]
+        self._order = self._epoch_order(self.epoch)
+
+    def next_batch(self) -> Batch:
+        if self.cursor + self.batch_size > self.n_windows:  # drop the ragged tail of the epoch
+            self.epoch, self.cursor = self.epoch + 1, 0
+            self._order = self._epoch_order(self.epoch)
+        starts = self._order[self.cursor : self.cursor + self.batch_size].numpy() * self.seq_len
+        self.cursor += self.batch_size
+        rows = np.stack([self.tokens[s : s + self.seq_len + 1] for s in starts]).astype(np.int64)
+        words = int(self.word_start[rows[:, 1:]].sum())
+        rows = torch.from_numpy(rows)
+        return Batch(rows[:, :-1], rows[:, 1:], words)
+
+
+def fixed_windows(tokens: np.ndarray, seq_len: int, n_batches: int, batch_size: int) -> list[torch.Tensor]:
+    """Evenly spaced (B, seq_len + 1) windows over a split: the same dev batches at every evaluation."""
+    n_windows = (len(tokens) - 1) // seq_len
+    if n_windows == 0:
+        raise ValueError(f"the dev split has {len(tokens)} tokens, fewer than train.seq_len + 1 = {seq_len + 1}")
+    picks = np.unique(np.linspace(0, n_windows - 1, num=min(n_windows, n_batches * batch_size)).astype(np.int64))
+    rows = np.stack([tokens[i * seq_len : i * seq_len + seq_len + 1] for i in picks]).astype(np.int64)
+    return [torch.from_numpy(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]

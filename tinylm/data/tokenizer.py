@@ -1,0 +1,104 @@
+"""sentencepiece tokenizer: training on the train split only (a BabyLM rule), cached by content.
+
+Special tokens have fixed ids in every tinylm tokenizer, so models and objectives can rely on them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import sentencepiece as spm
+
+from tinylm.config import TokenizerConfig
+from tinylm.errors import InputError
+from tinylm.utils import atomic_dir, sha256_of
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+# Symbols the models need beyond pad/unk/bos/eos; user-defined, so "<mask>" in text maps to it.
+EXTRA_SPECIALS = ("<mask>", "<cls>", "<sep>")
+MASK_ID, CLS_ID, SEP_ID = 4, 5, 6
+
+# sentencepiece skips training sentences longer than this many bytes; long documents are cut.
+_MAX_SENTENCE_BYTES = 16384
+
+
+class Tokenizer:
+    """A thin wrapper over a sentencepiece model with tinylm's fixed special ids."""
+
+    def __init__(self, model_file: str | Path):
+        self.model_file = Path(model_file)
+        self.sp = spm.SentencePieceProcessor(model_file=str(self.model_file))
+        self.vocab_size = self.sp.get_piece_size()
+
+    pad_id, unk_id, bos_id, eos_id, mask_id = PAD_ID, UNK_ID, BOS_ID, EOS_ID, MASK_ID
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        return self.sp.encode(texts, num_threads=os.cpu_count() or 1)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.sp.decode(ids)
+
+    def word_start_table(self) -> np.ndarray:
+        """(V,) bool: pieces that begin a whitespace-separated word ("▁..."), so words seen can be
+        counted exactly from token ids. Byte pieces and specials never start a word."""
+        return np.array(
+            [self.sp.id_to_piece(i).startswith("\u2581") and not self.sp.is_control(i) for i in range(self.vocab_size)],
+            dtype=bool,
+        )
+
+
+def _training_sentences(texts: list[str]):
+    for text in texts:
+        for line in text.splitlines():
+            line = line.strip()
+            while line:
+                # Cut at a space near the byte limit so no training text is silently dropped.
+                cut = line[: _MAX_SENTENCE_BYTES // 4]
+                if len(cut) < len(line) and " " in cut:
+                    cut = cut[: cut.rfind(" ")]
+                yield cut
+                line = line[len(cut) :].strip()
+
+
+def train_tokenizer(texts: list[str], cfg: TokenizerConfig, cache_dir: str | Path, corpus_hash: str) -> Tokenizer:
+    """Train (or load from the cache) a tokenizer on `texts`, keyed by the corpus hash and options."""
+    if cfg.model_type not in ("bpe", "unigram"):
+        raise InputError(f"tokenizer.model_type={cfg.model_type!r} is not supported; use bpe or unigram")
+    key = sha256_of("tokenizer-v1", corpus_hash, asdict(cfg))[:16]
+    final = Path(cache_dir) / "tokenizers" / key
+    if (final / "tokenizer.model").exists():
+        return Tokenizer(final / "tokenizer.model")
+    with atomic_dir(final) as tmp:
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=_training_sentences(texts),
+                model_prefix=str(tmp / "tokenizer"),
+                model_type=cfg.model_type,
+                vocab_size=cfg.vocab_size,
+                byte_fallback=cfg.byte_fallback,
+                character_coverage=cfg.character_coverage,
+                pad_id=PAD_ID,
+                unk_id=UNK_ID,
+                bos_id=BOS_ID,
+                eos_id=EOS_ID,
+                user_defined_symbols=list(EXTRA_SPECIALS),
+                input_sentence_size=cfg.max_sentences,
+                shuffle_input_sentence=True,
+                max_sentence_length=_MAX_SENTENCE_BYTES,
+                num_threads=os.cpu_count() or 1,
+                minloglevel=2,
+            )
+        except RuntimeError as e:
+            # sentencepiece says e.g. "Vocabulary size too high (4096). Please set it to a value <= 3599."
+            found = re.search(r"Vocabulary size (too high|is smaller than required_chars)[^\n]*", str(e))
+            if found:
+                raise InputError(
+                    f"tokenizer.vocab_size={cfg.vocab_size} does not fit this corpus ({found.group(0).strip()}); "
+                    "choose a tokenizer.vocab_size in that range"
+                ) from None
+            raise
+    return Tokenizer(final / "tokenizer.model")

@@ -1,0 +1,116 @@
+"""GPT: a causal decoder with pre-LN blocks, learned positions and a tied output head.
+
+Shapes: B batch, T time (tokens), C = d_model channels, H heads, D = C // H, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tinylm.config import ModelConfig
+from tinylm.models.layers import MLP, LayerNorm, SelfAttention, decay_groups
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d_ff = cfg.d_ff or 4 * cfg.d_model
+        self.ln_attn = LayerNorm(cfg.d_model, bias=cfg.bias, eps=cfg.norm_eps)
+        self.attn = SelfAttention(cfg.d_model, cfg.n_head, cfg.bias, cfg.dropout, causal=True)
+        self.ln_mlp = LayerNorm(cfg.d_model, bias=cfg.bias, eps=cfg.norm_eps)
+        self.mlp = MLP(cfg.d_model, d_ff, cfg.bias, cfg.dropout)
+
+    def forward(self, x, doc_ids=None):
+        x = x + self.attn(self.ln_attn(x), doc_ids=doc_ids)
+        return x + self.mlp(self.ln_mlp(x))
+
+
+class GPT(nn.Module):
+    causal = True  # generation and causal scoring apply
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError("model.vocab_size must be set (it is taken from the tokenizer at launch)")
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_out = LayerNorm(cfg.d_model, bias=cfg.bias, eps=cfg.norm_eps)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.head.weight = self.tok_emb.weight
+        self.apply(self._init_weights)
+        # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer) keep the residual stream's
+        # variance independent of depth at initialisation.
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=cfg.init_std / math.sqrt(2 * cfg.n_layer))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(self, input_ids: torch.Tensor, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids: (B, T) -> logits (B, T, V). doc_ids (B, T) keeps attention inside documents."""
+        B, T = input_ids.shape
+        if T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence length {T} exceeds model.max_seq_len={self.cfg.max_seq_len}")
+        pos = torch.arange(T, device=input_ids.device)
+        x = self.dropout(self.tok_emb(input_ids) + self.pos_emb(pos))  # (B, T, C)
+        for block in self.blocks:
+            x = block(x, doc_ids=doc_ids)
+        return self.head(self.ln_out(x))  # (B, T, V)
+
+    # ----------------------------------------------------------------------------------------------
+
+    def optimizer_groups(self, weight_decay: float) -> list[dict]:
+        return decay_groups(self, weight_decay)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.pos_emb.weight.numel() if non_embedding else n
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward): 6N for the matmuls plus attention scores
+        (PaLM appendix B), as in nanoGPT's estimate_mfu."""
+        L, H, D = self.cfg.n_layer, self.cfg.n_head, self.cfg.d_model // self.cfg.n_head
+        return 6 * self.num_params() + 12 * L * H * D * seq_len
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        eos_id: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Sample continuations of (B, T) prompts; stops early when every row produced eos_id."""
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for _ in range(max_new_tokens):
+            context = input_ids[:, -self.cfg.max_seq_len :]
+            logits = self(context)[:, -1, :].float()  # (B, V)
+            if temperature <= 0:
+                next_id = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                probs = F.softmax(logits, dim=-1)
+                next_id = torch.multinomial(probs, 1, generator=generator)
+            input_ids = torch.cat([input_ids, next_id], dim=1)
+            if eos_id is not None:
+                done |= next_id.squeeze(1) == eos_id
+                if bool(done.all()):
+                    break
+        return input_ids

@@ -1,0 +1,149 @@
+"""The two hot-path operations every model calls, with one dispatch point.
+
+`attention` and `layer_norm` run either the PyTorch reference (always available, the CPU path and
+the test oracle) or the Triton kernels in kernels/ (installed as `tinylm.kernels`). Backends:
+
+- "auto":   Triton for CUDA tensors when triton imports, PyTorch otherwise;
+- "triton": forced (on CPU it works only under TRITON_INTERPRET=1, which the tests set);
+- "torch":  the reference.
+
+A whole run picks its backend with the config key `kernels=auto|triton|torch`, which the training
+loop passes to `set_default_backend`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("auto", "triton", "torch")
+_default_backend = "auto"
+
+
+def set_default_backend(backend: str) -> None:
+    """Set what backend="auto" resolves to for this process (the `kernels` config key)."""
+    global _default_backend
+    if backend not in BACKENDS:
+        raise ValueError(f"kernels={backend!r} is not a backend; use one of {', '.join(BACKENDS)}")
+    _default_backend = backend
+
+
+@functools.cache
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _resolve(backend: str, x: torch.Tensor) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not a backend; use one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        backend = _default_backend
+    if backend == "auto":
+        return "triton" if x.is_cuda and triton_available() else "torch"
+    return backend
+
+
+# --------------------------------------------------------------------------------------------------
+# attention
+
+
+def attention_mask(
+    T: int,
+    causal: bool,
+    key_padding_mask: torch.Tensor | None = None,
+    doc_ids: torch.Tensor | None = None,
+    device: torch.device | None = None,
+) -> torch.Tensor | None:
+    """Boolean mask (B or 1, 1, T, T), True where query i may attend to key j; None if no mask."""
+    mask = None
+    if causal:
+        mask = torch.ones(T, T, dtype=torch.bool, device=device).tril()[None, None]
+    if doc_ids is not None:  # (B, T): a token never attends across a document boundary
+        same_doc = doc_ids[:, None, :, None] == doc_ids[:, None, None, :]
+        mask = same_doc if mask is None else mask & same_doc
+    if key_padding_mask is not None:  # (B, T), True = real token
+        keep = key_padding_mask[:, None, None, :].bool()
+        mask = keep if mask is None else mask & keep
+    return mask
+
+
+def attention_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool,
+    key_padding_mask: torch.Tensor | None = None,
+    doc_ids: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """PyTorch attention. q, k, v: (B, H, T, D). Query rows with no visible key give zeros."""
+    B, H, T, D = q.shape
+    if key_padding_mask is None and doc_ids is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+    mask = attention_mask(T, causal, key_padding_mask, doc_ids, q.device)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    # SDPA gives NaN for a fully masked row (e.g. a left-padded query under a causal mask); the
+    # kernels define that row's output as zero, and so does the reference.
+    any_key = mask.any(dim=-1, keepdim=True)  # (B, 1, T, 1)
+    return out.masked_fill(~any_key, 0.0)
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool,
+    key_padding_mask: torch.Tensor | None = None,
+    doc_ids: torch.Tensor | None = None,
+    scale: float | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Scaled dot-product attention over (B, H, T, D) tensors.
+
+    key_padding_mask: (B, T) bool, True = real token (BERT batches).
+    doc_ids: (B, T) int; a query attends only to keys of the same document (packed sequences).
+    """
+    if _resolve(backend, q) == "triton":
+        from tinylm.kernels.attention import flash_attention
+
+        return flash_attention(q, k, v, causal, key_padding_mask, doc_ids, scale)
+    return attention_reference(q, k, v, causal, key_padding_mask, doc_ids, scale)
+
+
+# --------------------------------------------------------------------------------------------------
+# layer norm
+
+
+def layer_norm_reference(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float = 1e-5,
+    residual: torch.Tensor | None = None,
+):
+    """LayerNorm over the last dim; with `residual`, normalises x + residual and returns (y, sum)."""
+    h = x if residual is None else x + residual
+    y = F.layer_norm(h, h.shape[-1:], weight, bias, eps)
+    return y if residual is None else (y, h)
+
+
+def layer_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float = 1e-5,
+    residual: torch.Tensor | None = None,
+    backend: str = "auto",
+):
+    """LayerNorm with an optional fused residual add (see `layer_norm_reference`)."""
+    if _resolve(backend, x) == "triton":
+        from tinylm.kernels.layer_norm import fused_layer_norm
+
+        return fused_layer_norm(x, weight, bias, eps, residual)
+    return layer_norm_reference(x, weight, bias, eps, residual)

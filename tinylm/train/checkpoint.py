@@ -1,0 +1,103 @@
+"""Checkpoints: safetensors for tensors, JSON for everything else; no pickle anywhere.
+
+A checkpoint is a folder `checkpoints/step_00000200/`:
+    model.safetensors    model weights (tied weights stored once)
+    state.safetensors    optimizer moments and the RNG states
+    state.json           step, tokens/words seen, loader position, optimizer hyper-parameters,
+                         the model config, and the data the run was trained on
+It is built under a temporary name and renamed into place (tinylm.utils.atomic_dir), so a process
+killed while writing leaves the previous checkpoint as the newest loadable one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+from tinylm.utils import atomic_dir
+
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (temporary folders of torn writes are ignored)."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / "state.json").exists()]
+    return [p for _, p in sorted(found)]
+
+
+def _rng_tensors() -> dict[str, torch.Tensor]:
+    out = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            out[f"rng.cuda.{i}"] = s
+    return out
+
+
+def _restore_rng(tensors: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    keep: int,
+) -> Path:
+    """Write the checkpoint after `step` optimizer steps; keep only the newest `keep` of them."""
+    final = Path(run_dir) / "checkpoints" / f"step_{step:08d}"
+    opt = optimizer.state_dict()
+    tensors = {
+        f"optim.{idx}.{name}": value.detach().cpu().contiguous()
+        for idx, per_param in opt["state"].items()
+        for name, value in per_param.items()
+    }
+    tensors.update(_rng_tensors())
+    groups = [{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]} for g in opt["param_groups"]]
+    with atomic_dir(final) as tmp:
+        save_model(model, str(tmp / "model.safetensors"))
+        save_file(tensors, str(tmp / "state.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({"step": step, **state, "optimizer_groups": groups}, indent=2) + "\n")
+    for old in checkpoint_dirs(run_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def read_state(ckpt: str | Path) -> dict[str, Any]:
+    return json.loads((Path(ckpt) / "state.json").read_text())
+
+
+def load_checkpoint(ckpt: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+    """Restore weights (and optimizer + RNG when `optimizer` is given); returns state.json."""
+    ckpt = Path(ckpt)
+    state = read_state(ckpt)
+    missing, unexpected = load_model(model, str(ckpt / "model.safetensors"), strict=True)
+    if optimizer is not None:
+        tensors = load_file(str(ckpt / "state.safetensors"))
+        per_param: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, idx, name = key.split(".", 2)
+                per_param.setdefault(int(idx), {})[name] = value
+        optimizer.load_state_dict({"state": per_param, "param_groups": state["optimizer_groups"]})
+        _restore_rng(tensors)
+    return state
+
+
+def model_config_of(ckpt: str | Path) -> dict[str, Any]:
+    return read_state(ckpt)["model_config"]
+
+

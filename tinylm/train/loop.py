@@ -1,0 +1,269 @@
+"""The one training loop: data -> model -> optimizer -> steps, dev loss, checkpoints, samples.
+
+Order of work inside a step boundary is fixed (log, evaluate, sample, checkpoint), and evaluation
+and sampling draw no numbers from the global RNG, so a run resumed from a checkpoint continues
+exactly like the uninterrupted run (bit for bit on CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from tinylm import ops
+from tinylm.config import ModelConfig, PretrainConfig
+from tinylm.data.loader import TokenLoader, fixed_windows
+from tinylm.data.pipeline import PreparedData, prepare_data
+from tinylm.errors import InputError
+from tinylm.models import build_model
+from tinylm.train.checkpoint import checkpoint_dirs, load_checkpoint, read_state, save_checkpoint
+from tinylm.train.metrics import MetricsLog, plot_loss_curve
+from tinylm.train.optim import build_optimizer, lr_at
+from tinylm.utils import write_atomic, write_json_atomic
+
+# Dense bf16 peak FLOP/s by device name, for MFU (None elsewhere: MFU is then not reported).
+_PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12, "A10": 125e12}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu")
+    if name not in ("cpu", "cuda"):
+        raise InputError(f"train.device={name!r} is not a device; use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def autocast_for(device: torch.device, precision: str):
+    if precision not in ("auto", "fp32", "bf16"):
+        raise InputError(f"train.precision={precision!r} is not supported; use auto, fp32 or bf16")
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in _PEAK_BF16_FLOPS.items() if k in name), None)
+
+
+def find_resume_checkpoint(resume: str, run_dir: Path) -> Path | None:
+    """The checkpoint to resume from, or None; refuses to start over an existing run."""
+    existing = checkpoint_dirs(run_dir)
+    if resume == "never":
+        if existing:
+            raise InputError(
+                f"run directory {run_dir} already holds checkpoints; pass train.resume=auto to continue "
+                "it, or set hydra.run.dir to a new folder"
+            )
+        return None
+    if resume == "auto":
+        if not existing:
+            raise InputError(
+                f"train.resume=auto: no checkpoint in {run_dir / 'checkpoints'}; drop train.resume to start "
+                "a new run, or set hydra.run.dir to the run you want to continue"
+            )
+        return existing[-1]
+    path = Path(resume)
+    if not (path / "state.json").exists():
+        raise InputError(f"train.resume={resume}: not a checkpoint folder (no state.json); use auto or a checkpoints/step_* path")
+    return path
+
+
+def check_model_config(ckpt: Path, requested: ModelConfig) -> None:
+    saved = read_state(ckpt)["model_config"]
+    diff = {k: (saved.get(k), v) for k, v in asdict(requested).items() if saved.get(k) != v}
+    if diff:
+        shown = ", ".join(f"model.{k}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in sorted(diff.items()))
+        raise InputError(f"checkpoint {ckpt} was trained with a different model ({shown}); drop those overrides or start a new run")
+
+
+def causal_lm_loss(model, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = model(input_ids)
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+
+
+@torch.no_grad()
+def evaluate(model, batches: list[torch.Tensor], device: torch.device, autocast) -> float:
+    """Mean next-token cross-entropy (nats per token) over fixed dev windows."""
+    model.eval()
+    total, count = 0.0, 0
+    for rows in batches:
+        rows = rows.to(device)
+        with autocast():
+            loss = causal_lm_loss(model, rows[:, :-1], rows[:, 1:])
+        total += loss.item() * rows[:, 1:].numel()
+        count += rows[:, 1:].numel()
+    model.train()
+    return total / count
+
+
+@torch.no_grad()
+def write_samples(model, data: PreparedData, prompts: list[str], n_tokens: int, seed: int, step: int, path: Path, device) -> None:
+    """Append one continuation per prompt to samples.txt (own RNG: the training stream is untouched)."""
+    model.eval()
+    tok = data.tokenizer
+    generator = torch.Generator(device=device).manual_seed(seed)
+    lines = [f"## step {step}"]
+    for prompt in prompts:
+        ids = torch.tensor([[tok.bos_id, *tok.encode([prompt])[0]]], device=device)
+        out = model.generate(ids, n_tokens, temperature=0.8, top_k=50, eos_id=tok.eos_id, generator=generator)
+        new = [i for i in out[0, ids.shape[1] :].tolist() if i != tok.eos_id]
+        lines.append(f"{prompt} >>> {tok.decode(new)}")
+    with open(path, "a") as f:
+        f.write("\n".join(lines) + "\n\n")
+    model.train()
+
+
+def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
+    """Train a model as `cfg` says; returns the run summary (also written to summary.json)."""
+    run_dir = Path(cfg.run_dir)
+    tc = cfg.train
+    # Validate everything that can be wrong before writing a single byte into the run directory.
+    resume_ckpt = find_resume_checkpoint(tc.resume, run_dir)
+    ops.set_default_backend(cfg.kernels)
+    device = resolve_device(tc.device)
+    autocast = autocast_for(device, tc.precision)
+    if tc.threads > 0:
+        torch.set_num_threads(tc.threads)
+    if tc.seq_len > cfg.model.max_seq_len:
+        raise InputError(f"train.seq_len={tc.seq_len} exceeds model.max_seq_len={cfg.model.max_seq_len}; raise one or lower the other")
+    torch.manual_seed(tc.seed)
+    data = prepare_data(cfg.data, cfg.tokenizer)
+    if cfg.model.vocab_size not in (0, data.tokenizer.vocab_size):
+        raise InputError(f"model.vocab_size={cfg.model.vocab_size} differs from the tokenizer's {data.tokenizer.vocab_size}; leave it 0")
+    model_cfg = replace(cfg.model, vocab_size=data.tokenizer.vocab_size)
+    if resume_ckpt is not None:
+        check_model_config(resume_ckpt, model_cfg)
+    try:
+        model = build_model(model_cfg).to(device)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    optimizer = build_optimizer(model, cfg.optim)
+    try:
+        loader = TokenLoader(data.train.tokens, tc.seq_len, tc.batch_size, tc.seed, data.tokenizer.word_start_table())
+        dev_batches = fixed_windows(data.dev.tokens, tc.seq_len, tc.eval_batches, tc.batch_size)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+
+    step, tokens_seen, words_seen = 0, 0, 0
+    if resume_ckpt is not None:
+        state = load_checkpoint(resume_ckpt, model, optimizer)
+        step, tokens_seen, words_seen = state["step"], state["tokens_seen"], state["words_seen"]
+        loader.load_state_dict(state["loader"])
+        print(f"resuming from {resume_ckpt} (step {step})")
+
+    # From here on the run directory is written.
+    run_dir.mkdir(parents=True, exist_ok=True)
+    full_config = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    config_name = "config.yaml" if resume_ckpt is None else f"config.resumed_at_{step}.yaml"
+    write_atomic(run_dir / config_name, OmegaConf.to_yaml(full_config))
+    write_json_atomic(run_dir / "data_report.json", data.report)
+    metrics = MetricsLog(run_dir, cfg.logger, full_config, resume_step=step if resume_ckpt is not None else None)
+
+    train_model = torch.compile(model) if tc.compile else model
+    model.train()
+    tokens_per_step = tc.batch_size * tc.grad_accum * tc.seq_len
+    flops_per_step = model.flops_per_token(tc.seq_len) * tokens_per_step
+    peak = peak_flops(device)
+    n_params = model.num_params()
+    print(f"run directory: {run_dir}")
+    print(f"model: {model_cfg.family} {n_params / 1e6:.2f}M non-embedding parameters, vocab {model_cfg.vocab_size}; "
+          f"data: {data.report['words_train']:,} train words, {data.report['tokens_train']:,} tokens; device {device}")
+
+    def checkpoint() -> None:
+        save_checkpoint(run_dir, step, model, optimizer, {
+            "tokens_seen": tokens_seen, "words_seen": words_seen, "loader": loader.state_dict(),
+            "model_config": asdict(model_cfg), "data": {k: data.report[k] for k in ("corpus_hash", "tokenizer", "shards")},
+        }, keep=tc.keep_checkpoints)
+
+    progress = None
+    if tc.progress:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=tc.steps, initial=step, desc="pretrain", unit="step", dynamic_ncols=True)
+    dev_loss = None
+    interval_start, interval_tokens = time.perf_counter(), 0
+    run_start_tokens, run_start = tokens_seen, time.perf_counter()
+    while step < tc.steps:
+        lr = lr_at(step, tc.steps, cfg.optim)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = 0.0
+        for _ in range(tc.grad_accum):
+            batch = loader.next_batch()
+            with autocast():
+                loss = causal_lm_loss(train_model, batch.input_ids.to(device), batch.targets.to(device))
+            (loss / tc.grad_accum).backward()
+            loss_sum += loss.item()
+            words_seen += batch.words
+        loss_value = loss_sum / tc.grad_accum
+        if not math.isfinite(loss_value):
+            raise InputError(f"training diverged: loss={loss_value} at step {step + 1}; lower optim.lr or raise "
+                             "optim.warmup_steps, and restart from the last checkpoint with train.resume=<path>")
+        # With grad_clip <= 0 the norm is still computed (for the log) but nothing is clipped.
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        tokens_seen += tokens_per_step
+        interval_tokens += tokens_per_step
+
+        if step % tc.log_every == 0 or step == tc.steps:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            now = time.perf_counter()
+            tokens_per_s = interval_tokens / max(now - interval_start, 1e-9)
+            row = {"step": step, "tokens_seen": tokens_seen, "words_seen": words_seen, "loss": loss_value,
+                   "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tokens_per_s}
+            if peak:
+                row["mfu"] = flops_per_step / tokens_per_step * tokens_per_s / peak
+            if step % tc.eval_every == 0 or step == tc.steps:
+                dev_loss = evaluate(train_model, dev_batches, device, autocast)
+                row["dev_loss"] = dev_loss
+            metrics.log(row)
+            if progress is not None:
+                progress.set_postfix(loss=f"{loss_value:.3f}", dev=f"{dev_loss:.3f}" if dev_loss else "-", tok_s=f"{tokens_per_s:,.0f}")
+            interval_start, interval_tokens = time.perf_counter(), 0
+        elif step % tc.eval_every == 0:
+            dev_loss = evaluate(train_model, dev_batches, device, autocast)
+            metrics.log({"step": step, "tokens_seen": tokens_seen, "words_seen": words_seen, "dev_loss": dev_loss})
+        if tc.sample_every and step % tc.sample_every == 0 and step != tc.steps:
+            write_samples(model, data, list(tc.sample_prompts), tc.sample_tokens, tc.seed, step, run_dir / "samples.txt", device)
+        if step % tc.ckpt_every == 0 or step == tc.steps:
+            checkpoint()
+        if progress is not None:
+            progress.update(1)
+    if progress is not None:
+        progress.close()
+
+    elapsed = time.perf_counter() - run_start
+    if dev_loss is None:  # resumed at the final step
+        dev_loss = evaluate(train_model, dev_batches, device, autocast)
+    write_samples(model, data, list(tc.sample_prompts), tc.sample_tokens, tc.seed, step, run_dir / "samples.txt", device)
+    metrics.close()
+    summary = {
+        "run_dir": str(run_dir), "steps": step, "tokens_seen": tokens_seen, "words_seen": words_seen,
+        "final_dev_loss": dev_loss, "unigram_dev_loss": data.report["unigram_dev_loss"],
+        "beats_unigram": dev_loss < data.report["unigram_dev_loss"],
+        "tokens_per_s": (tokens_seen - run_start_tokens) / max(elapsed, 1e-9), "train_seconds": elapsed,
+        "parameters": n_params,
+    }
+    write_json_atomic(run_dir / "summary.json", summary)
+    plot_loss_curve(run_dir, data.report["unigram_dev_loss"])
+    print(f"dev loss {dev_loss:.4f} nats/token (unigram baseline {data.report['unigram_dev_loss']:.4f}); "
+          f"{summary['tokens_per_s']:,.0f} tokens/s; samples in {run_dir / 'samples.txt'}")
+    print(f"run directory: {run_dir}")
+    return summary
+
