@@ -7,11 +7,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from tinylm.cli import CONF_DIR, report_input_errors
 from tinylm.config import register_configs
+from tinylm.errors import InputError
 
 register_configs()
 
@@ -21,7 +24,15 @@ register_configs()
 def main(cfg: DictConfig) -> dict:
     from tinylm.train.loop import pretrain
 
-    return pretrain(OmegaConf.to_object(cfg))
+    try:
+        return pretrain(OmegaConf.to_object(cfg))
+    except InputError:
+        # Hydra creates the run directory before the job starts; a launch rejected before writing
+        # anything leaves no empty folder behind (a non-empty one is never touched).
+        run_dir = Path(cfg.run_dir)
+        if run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+        raise
 
 
 if __name__ == "__main__":

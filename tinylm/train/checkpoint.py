@@ -97,7 +97,27 @@ def load_checkpoint(ckpt: str | Path, model: torch.nn.Module, optimizer: torch.o
     return state
 
 
-def model_config_of(ckpt: str | Path) -> dict[str, Any]:
-    return read_state(ckpt)["model_config"]
+def load_trained(path: str | Path, device: str | torch.device = "cpu"):
+    """(model in eval mode, tokenizer, state) from a run directory (its newest checkpoint) or
+    a checkpoint folder: what evaluation, export and packaging start from."""
+    from tinylm.config import ModelConfig, to_dataclass
+    from tinylm.data.tokenizer import Tokenizer
+    from tinylm.errors import InputError
+    from tinylm.models import build_model
+
+    path = Path(path)
+    if (path / "state.json").exists():
+        ckpt, run_dir = path, path.parent.parent
+    else:
+        found = checkpoint_dirs(path)
+        if not found:
+            raise InputError(f"{path}: no checkpoint found; pass a run directory with checkpoints/ or a checkpoints/step_* folder")
+        ckpt, run_dir = found[-1], path
+    if not (run_dir / "tokenizer.model").exists():
+        raise InputError(f"{run_dir}: no tokenizer.model beside the checkpoints; is this a tinylm run directory?")
+    state = read_state(ckpt)
+    model = build_model(to_dataclass(ModelConfig, state["model_config"]))
+    load_checkpoint(ckpt, model, optimizer=None)
+    return model.to(device).eval(), Tokenizer(run_dir / "tokenizer.model"), state
 
 

@@ -170,6 +170,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     config_name = "config.yaml" if resume_ckpt is None else f"config.resumed_at_{step}.yaml"
     write_atomic(run_dir / config_name, OmegaConf.to_yaml(full_config))
     write_json_atomic(run_dir / "data_report.json", data.report)
+    # The run directory is self-contained: evaluation and export need no cache.
+    write_atomic(run_dir / "tokenizer.model", data.tokenizer.model_file.read_bytes())
     metrics = MetricsLog(run_dir, cfg.logger, full_config, resume_step=step if resume_ckpt is not None else None)
 
     train_model = torch.compile(model) if tc.compile else model
