@@ -7,8 +7,10 @@ The reference runs in float64 for fp32 inputs and in float32 for fp16/bf16 input
 
 import pytest
 import torch
+import triton
 
 from tinylm import ops
+from tinylm.kernels import attention as attn_mod
 from tinylm.kernels.attention import flash_attention
 
 # Per-dtype (atol, rtol): element-wise |got - ref| <= atol + rtol * |ref|. fp32 dots run in
@@ -29,7 +31,8 @@ GPU_TOL = {
 def make_masks(kind: str, B: int, T: int, device, seed: int = 0):
     """key_padding_mask / doc_ids for a mask kind; 'pad' = left padding on row 0 (long enough to
     fully mask its first causal rows) and right padding on the last row; 'doc' = documents with
-    boundaries inside every row (non-decreasing ids, as in packed sequences)."""
+    boundaries inside every row (non-decreasing ids, as in packed sequences); 'mixdoc' = ids in
+    random order (incl. negative), which the kernel must handle, only without skipping."""
     g = torch.Generator().manual_seed(seed)
     kpm = doc = None
     if "pad" in kind:
@@ -37,7 +40,9 @@ def make_masks(kind: str, B: int, T: int, device, seed: int = 0):
         kpm[0, : max(1, T // 3)] = False
         if B > 1:
             kpm[-1, T - T // 4 :] = False
-    if "doc" in kind:
+    if "mixdoc" in kind:
+        doc = torch.randint(-2, 2, (B, T), generator=g)
+    elif "doc" in kind:
         doc = torch.zeros(B, T, dtype=torch.long)
         for b in range(B):
             if T > 1:
@@ -91,6 +96,7 @@ CASES = [
     (2, 1, 129, 32, True, "doc"),
     (2, 1, 129, 32, False, "pad+doc"),
     (2, 1, 129, 32, True, "pad+doc"),
+    (2, 1, 70, 32, True, "pad+mixdoc"),
     (1, 1, 40, 128, True, "none"),
     (1, 1, 33, 16, False, "doc"),
     (1, 1, 50, 48, True, "pad"),
@@ -170,6 +176,43 @@ def test_invisible_blocks_are_never_read(device):
     v_bad[..., 128:, :] = float("nan")
     got = run(lambda q, k, v: flash_attention(q, k, v, False, kpm, doc), q, k_bad, v_bad, go)
     assert_close(got, ref, torch.float32)
+
+
+# (fwd, dkdv, dq) (BLOCK_M, BLOCK_N): the smallest tiles, the GPU shapes, and BLOCK_M > BLOCK_N
+# vs BLOCK_M < BLOCK_N the other way round from the default interpreter config.
+BLOCKS = [((16, 16), (16, 16), (16, 16)), ((128, 64), (32, 128), (128, 32)),
+          ((32, 64), (64, 32), (32, 64))]
+
+
+@pytest.mark.parametrize("blocks", BLOCKS, ids=["16", "gpu-like", "swapped"])
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+def test_block_sizes_do_not_matter(blocks, causal, monkeypatch, device):
+    """The loop ranges (causal split, span skipping, tails) are right for any tile shape."""
+    raw = (attn_mod._attn_fwd_kernel, attn_mod._attn_bwd_dkdv_kernel, attn_mod._attn_bwd_dq_kernel)
+    for name, kernel, (bm, bn) in zip(("_fwd_kernel", "_dkdv_kernel", "_dq_kernel"), raw, blocks):
+        config = triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=4, num_stages=1)
+        monkeypatch.setattr(attn_mod, name, triton.autotune([config], key=attn_mod._KEY)(kernel))
+    B, H, T, D = 2, 1, 100, 32
+    q, k, v, go = make_inputs(B, H, T, D, torch.float32, device, seed=5)
+    kpm, doc = make_masks("pad+doc", B, T, device, seed=5)
+    got = run(lambda q, k, v: flash_attention(q, k, v, causal, kpm, doc), q, k, v, go)
+    assert_close(got, reference(q, k, v, go, causal, kpm, doc), torch.float32)
+
+
+def test_spans_cover_every_visible_key():
+    """The span rule: per query, [first, last] real key of its document (exact for packed ids);
+    per key, the queries of its document; empty spans as (T, -1)."""
+    kpm = torch.tensor([[0, 1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1, 1, 1]], dtype=torch.int8)
+    doc = torch.tensor([[0, 0, 1, 1, 1, 2, 2, 2], [5, -1, 5, 3, -1, 5, 3, 3]], dtype=torch.int32)
+    kspan, qspan = attn_mod._spans(kpm, doc, 2, 8, "cpu")
+    assert kspan[:, 0].T.tolist() == [[1, 1], [1, 1], [2, 4], [2, 4], [2, 4], [5, 6], [5, 6],
+                                      [5, 6]]
+    assert qspan[:, 0].T.tolist() == [[8, -1], [0, 1], [2, 4], [2, 4], [2, 4], [5, 7], [5, 7],
+                                      [8, -1]]
+    kspan, qspan = attn_mod._spans(kpm, doc, 2, 8, "cpu")  # interleaved ids: spans still cover
+    assert kspan[:, 1].T.tolist() == [[0, 5], [1, 4], [0, 5], [3, 7], [1, 4], [0, 5], [3, 7],
+                                      [3, 7]]
+    assert torch.equal(kspan[:, 1], qspan[:, 1])  # no padding: symmetric
 
 
 def test_rejects_bad_shapes(device):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tinylm import ops
+from tinylm.kernels import layer_norm as ln_mod
 from tinylm.kernels.layer_norm import fused_layer_norm
 
 # (atol, rtol): element-wise |got - ref| <= atol + rtol * |ref|. Statistics are fp32 everywhere;
@@ -85,6 +86,15 @@ def test_matches_reference(shape, dtype, residual, device):
 @pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
 def test_optional_weight_bias(affine, residual, device):
     check((9, 100), torch.float32, device, residual, affine)
+
+
+@pytest.mark.parametrize("rows_per_tile", [1, 4])
+def test_tile_shapes(rows_per_tile, monkeypatch, device):
+    """Other (BLOCK_M, num_warps) choices than the default: partial last tiles, many programs,
+    and every backward program walking several tiles."""
+    monkeypatch.setattr(ln_mod, "_block_sizes",
+                        lambda N, elem: (rows_per_tile, ln_mod.triton.next_power_of_2(N), 2))
+    check((2, 13, 100), torch.float32, device, residual=True)
 
 
 def test_eps_and_constant_rows(device):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +51,7 @@ def _wandb_id(run_dir: Path) -> str:
     """A stable wandb run id per run directory, so a resumed run continues the same wandb run."""
     id_file = run_dir / "wandb_id.txt"
     if not id_file.exists():
-        import wandb
-
-        write_atomic(id_file, wandb.util.generate_id())
+        write_atomic(id_file, secrets.token_hex(4))
     return id_file.read_text().strip()
 
 
