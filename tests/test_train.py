@@ -122,3 +122,17 @@ def test_lr_schedules_by_hand(schedule):
         assert lr_at(99, 100, cfg) == pytest.approx(0.1)
     else:
         assert lr_at(99, 100, cfg) == 1.0
+
+
+def test_gradient_accumulation_matches_one_large_batch(tmp_path, cache_dir):
+    """2 micro-batches of 2 see the same windows as 1 batch of 4 (the loader's order is shared), and
+    averaging their gradients gives the large batch's update, up to float rounding."""
+    common = ("train.steps=4", "train.log_every=1", "train.eval_every=4")
+    pretrain(smoke_config(tmp_path / "accum", cache_dir, *common, "train.batch_size=2", "train.grad_accum=2"))
+    pretrain(smoke_config(tmp_path / "large", cache_dir, *common, "train.batch_size=4", "train.grad_accum=1"))
+    a, b = read_metrics(tmp_path / "accum"), read_metrics(tmp_path / "large")
+    assert [r["tokens_seen"] for r in a] == [r["tokens_seen"] for r in b]
+    assert [r["words_seen"] for r in a] == [r["words_seen"] for r in b]
+    for ra, rb in zip(a, b):
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5)
+        assert ra["grad_norm"] == pytest.approx(rb["grad_norm"], rel=1e-4)
