@@ -27,7 +27,7 @@ import io
 import re
 import shlex
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 SECTIONS = ("attention", "doc", "layernorm")
@@ -102,7 +102,6 @@ class Row:
     base_rate: float
     goal: str = ""
     met: bool | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def speedup(self) -> float:
@@ -146,7 +145,7 @@ def format_csv(rows: list[Row]) -> str:
 
 
 def goal_for(section: str, case: dict, pass_: str, baseline: str) -> tuple[str, float | None, str]:
-    """(goal text, threshold, what is compared: 'speedup' or 'rate') for a row, or ('', None, '')."""
+    """(goal text, threshold, 'speedup' | 'rate') for a row; ('', None, '') when it has none."""
     if pass_ != "fwd+bwd":
         return "", None, ""
     if section == "attention":
@@ -192,7 +191,9 @@ def _bench(fn, args, grad_to_none=None) -> float:
         return float("nan")
 
 
-def _fwd_bwd(f, inputs, grad):
+def _fwd_bwd(f, grad):
+    """One training step's worth of f: forward, then backward from `grad`."""
+
     def step():
         f().backward(grad)
 
@@ -219,13 +220,14 @@ def bench_attention(args, rows):
         ours = lambda: flash_attention(q, k, v, causal, kpm, None)  # noqa: E731
         sdpa = lambda: F.scaled_dot_product_attention(  # noqa: E731
             q, k, v, attn_mask=sdpa_mask, is_causal=causal)
-        name = f"B{B} H{H} T{T} D{D} {'causal' if causal else 'bidir'}" + (" +pad" if padded else "")
+        name = f"B{B} H{H} T{T} D{D} {'causal' if causal else 'bidir'}"
+        name += " +pad" if padded else ""
         case = dict(B=B, H=H, T=T, D=D)
         print(f"attention {name}", flush=True)
         for pass_, backward in (("fwd", False), ("fwd+bwd", True)):
             if backward:
-                t_ours = _bench(_fwd_bwd(ours, (q, k, v), do), args, [q, k, v])
-                t_base = _bench(_fwd_bwd(sdpa, (q, k, v), do), args, [q, k, v])
+                t_ours = _bench(_fwd_bwd(ours, do), args, [q, k, v])
+                t_base = _bench(_fwd_bwd(sdpa, do), args, [q, k, v])
             else:
                 with torch.no_grad():
                     t_ours, t_base = _bench(ours, args), _bench(sdpa, args)
@@ -275,7 +277,7 @@ def bench_doc(args, rows):
         times = {}
         for impl, f in impls.items():
             if backward:
-                times[impl] = _bench(_fwd_bwd(f, (q, k, v), do), args, [q, k, v])
+                times[impl] = _bench(_fwd_bwd(f, do), args, [q, k, v])
             else:
                 with torch.no_grad():
                     times[impl] = _bench(f, args)
@@ -328,7 +330,7 @@ def bench_layernorm(args, rows):
             times = {}
             for impl, f in impls.items():
                 if pass_ == "fwd+bwd":
-                    times[impl] = _bench(_fwd_bwd(f, (x,), dy), args, [x, w, b])
+                    times[impl] = _bench(_fwd_bwd(f, dy), args, [x, w, b])
                 else:
                     with torch.no_grad():
                         times[impl] = _bench(f, args)

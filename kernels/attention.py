@@ -144,7 +144,7 @@ def _attn_fwd_kernel(
     # KSPAN_LO/HI (B, T) int32: per query, first/last visible key (only with KPM or DOC)
     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
     stride_vb, stride_vh, stride_vt, stride_ob, stride_oh, stride_ot,
-    H, T, qk_scale,  # qk_scale = scale * log2(e)
+    H, T, T_BUCKET, qk_scale,  # qk_scale = scale * log2(e); T_BUCKET: autotune key only
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, IS_CAUSAL: tl.constexpr,
     HAS_KPM: tl.constexpr, HAS_DOC: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -228,8 +228,8 @@ def _bwd_delta_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     m_ok = offs_m < T
-    o = _load_tile(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :],
-                   m_ok, offs_d, HEAD_DIM, BLOCK_D).to(tl.float32)
+    o = _load_tile(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ot
+                   + offs_d[None, :], m_ok, offs_d, HEAD_DIM, BLOCK_D).to(tl.float32)
     do = _load_tile(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dot
                     + offs_d[None, :], m_ok, offs_d, HEAD_DIM, BLOCK_D).to(tl.float32)
     tl.store(Delta + pid_bh * T + offs_m, tl.sum(o * do, axis=1), mask=m_ok)
@@ -289,7 +289,7 @@ def _attn_bwd_dkdv_kernel(
     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
     stride_vb, stride_vh, stride_vt, stride_dob, stride_doh, stride_dot,
     stride_gb, stride_gh, stride_gt,  # strides of DK and DV
-    H, T, sm_scale, qk_scale,
+    H, T, T_BUCKET, sm_scale, qk_scale,  # T_BUCKET: autotune key only
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, IS_CAUSAL: tl.constexpr,
     HAS_KPM: tl.constexpr, HAS_DOC: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -387,7 +387,7 @@ def _attn_bwd_dq_kernel(
     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
     stride_vb, stride_vh, stride_vt, stride_dob, stride_doh, stride_dot,
     stride_gb, stride_gh, stride_gt,  # strides of DQ
-    H, T, sm_scale, qk_scale,
+    H, T, T_BUCKET, sm_scale, qk_scale,  # T_BUCKET: autotune key only
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, IS_CAUSAL: tl.constexpr,
     HAS_KPM: tl.constexpr, HAS_DOC: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -453,35 +453,58 @@ def _attn_bwd_dq_kernel(
 # --------------------------------------------------------------------------------------------------
 # autotuning and launchers
 
-_KEY = ["T", "HEAD_DIM", "IS_CAUSAL", "HAS_KPM", "HAS_DOC"]
+# T_BUCKET = next_power_of_2(T) (an otherwise unused argument): a new sequence length re-tunes
+# only when it changes bucket.
+_KEY = ["T_BUCKET", "HEAD_DIM", "IS_CAUSAL", "HAS_KPM", "HAS_DOC", "PRECISION"]
 
 
-def _configs(cpu, gpu):
-    """One config under the interpreter (it cannot autotune), a short list on GPU:
-    (BLOCK_M, BLOCK_N, num_warps, num_stages), BLOCK_M = queries and BLOCK_N = keys in every
-    kernel. The interpreter blocks are small and unequal (BLOCK_M != BLOCK_N) so that the CPU
-    tests cross block boundaries and cover the loop splits the GPU configs use."""
+def _autotuned(kernel, cpu, gpu):
+    """Autotune `kernel` over the GPU configs of its class; one fixed config under the interpreter
+    (which cannot autotune).
+
+    gpu: {"d64" | "d128" | "fp32": [(BLOCK_M, BLOCK_N, num_warps, num_stages), ...]}, BLOCK_M =
+    queries and BLOCK_N = keys in every kernel. The lists were chosen by compiling for sm_90 and
+    dropping configs that spill registers: 16-bit inputs with head dim <= 64, head dim 128
+    (fp32 accumulators twice as wide), and fp32 inputs (3xTF32 dots need more registers). The
+    interpreter blocks are small and unequal (BLOCK_M != BLOCK_N) so that the CPU tests cross
+    block boundaries and cover the loop splits the GPU configs use.
+    """
     if _INTERPRET:
-        return [triton.Config(cpu, num_warps=4, num_stages=1)]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-            for m, n, w, s in gpu]
+        return triton.autotune([triton.Config(cpu, num_warps=4, num_stages=1)], key=_KEY)(kernel)
+
+    def config_class(named_args, kwargs):
+        args = {**named_args, **kwargs}
+        if args.get("PRECISION") != "tf32":
+            return "fp32"
+        return "d128" if (args.get("HEAD_DIM") or 64) > 64 else "d64"
+
+    def prune(configs, named_args, **kwargs):
+        wanted = set(gpu[config_class(named_args, kwargs)])
+        return [c for c in configs
+                if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted]
+
+    every = sorted({c for cls in gpu.values() for c in cls})
+    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st)
+               for m, n, w, st in every]
+    return triton.autotune(configs, key=_KEY, prune_configs_by={"early_config_prune": prune})(
+        kernel)
 
 
-_fwd_kernel = triton.autotune(
-    _configs({"BLOCK_M": 64, "BLOCK_N": 32},
-             [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3)]),
-    key=_KEY,
-)(_attn_fwd_kernel)
-_dkdv_kernel = triton.autotune(
-    _configs({"BLOCK_M": 32, "BLOCK_N": 64},
-             [(32, 128, 4, 3), (64, 128, 8, 3), (64, 64, 4, 3)]),
-    key=_KEY,
-)(_attn_bwd_dkdv_kernel)
-_dq_kernel = triton.autotune(
-    _configs({"BLOCK_M": 64, "BLOCK_N": 32},
-             [(128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3)]),
-    key=_KEY,
-)(_attn_bwd_dq_kernel)
+_fwd_kernel = _autotuned(_attn_fwd_kernel, {"BLOCK_M": 64, "BLOCK_N": 32}, {
+    "d64": [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3)],
+    "d128": [(128, 64, 8, 3), (128, 64, 8, 2), (128, 32, 8, 3), (64, 64, 4, 3)],
+    "fp32": [(64, 32, 4, 2), (32, 32, 4, 2)],
+})
+_dkdv_kernel = _autotuned(_attn_bwd_dkdv_kernel, {"BLOCK_M": 32, "BLOCK_N": 64}, {
+    "d64": [(32, 128, 4, 3), (64, 128, 8, 3), (64, 64, 4, 3)],
+    "d128": [(64, 64, 8, 3), (32, 128, 8, 3), (64, 64, 8, 2), (32, 64, 8, 2)],
+    "fp32": [(32, 64, 8, 2), (32, 32, 4, 2)],
+})
+_dq_kernel = _autotuned(_attn_bwd_dq_kernel, {"BLOCK_M": 64, "BLOCK_N": 32}, {
+    "d64": [(128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3)],
+    "d128": [(128, 32, 8, 3), (64, 64, 8, 3), (128, 64, 8, 2), (64, 32, 4, 3)],
+    "fp32": [(64, 32, 4, 2), (32, 32, 4, 2)],
+})
 
 
 def _strides(x: torch.Tensor) -> tuple[int, int, int]:
@@ -519,7 +542,8 @@ def _common(q, kpm, doc, causal):
     return dict(
         HEAD_DIM=q.shape[-1], BLOCK_D=max(16, triton.next_power_of_2(q.shape[-1])),
         IS_CAUSAL=bool(causal), HAS_KPM=kpm is not None, HAS_DOC=doc is not None,
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # no TF32 for fp32 inputs
+        # fp32 inputs: 3xTF32 dots (fp32-level accuracy on tensor cores); 16-bit: plain MMA.
+        PRECISION="tf32x3" if q.dtype == torch.float32 else "tf32",
     )
 
 
@@ -533,7 +557,7 @@ def _attn_forward(q, k, v, kpm, doc, kspan, causal, scale):
         kpm if kpm is not None else dummy, doc if doc is not None else dummy,
         kspan[0] if kspan is not None else dummy, kspan[1] if kspan is not None else dummy,
         *_strides(q), *_strides(k), *_strides(v), *_strides(o),
-        H, T, scale * _LOG2E,
+        H, T, triton.next_power_of_2(T), scale * _LOG2E,
         **_common(q, kpm, doc, causal),
     )
     return o, lse
@@ -559,11 +583,11 @@ def _attn_backward(do, q, k, v, o, lse, kpm, doc, kspan, qspan, causal, scale):
     in_strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(do))
     _dkdv_kernel[lambda meta: (triton.cdiv(T, meta["BLOCK_N"]), B * H)](
         q, k, v, do, dk, dv, lse, delta, kpm_arg, doc_arg, qspan[0], qspan[1],
-        *in_strides, *_strides(dk), H, T, scale, scale * _LOG2E, **c,
+        *in_strides, *_strides(dk), H, T, triton.next_power_of_2(T), scale, scale * _LOG2E, **c,
     )
     _dq_kernel[lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H)](
         q, k, v, do, dq, lse, delta, kpm_arg, doc_arg, kspan[0], kspan[1],
-        *in_strides, *_strides(dq), H, T, scale, scale * _LOG2E, **c,
+        *in_strides, *_strides(dq), H, T, triton.next_power_of_2(T), scale, scale * _LOG2E, **c,
     )
     return dq, dk, dv
 

@@ -11,8 +11,8 @@ Backward: with xhat = (h - mean) * rstd and g = dy * w,
     dw = sum_rows(dy * xhat),  db = sum_rows(dy)
 dh is both dx and dresidual. dw/db are column sums over all rows: a fixed number of programs G
 (a few per SM) each walks a strided subset of row tiles and keeps fp32 partial sums in registers,
-writes them to a (G, N) buffer, and torch sums that buffer. This two-stage reduction is
-deterministic and avoids atomics/locks.
+writes them to a (2, G, N) buffer, and a second small kernel sums the G rows and casts to the
+parameter dtypes. This two-stage reduction is deterministic and avoids atomics/locks.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ import triton
 import triton.language as tl
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-_MAX_N = 32768  # one row must fit in registers (BLOCK_N = next_power_of_2(N))
+# One row lives in registers (BLOCK_N = next_power_of_2(N)); past 8192 the backward starts to spill.
+_MAX_N = 16384
 
 
 @triton.jit
@@ -41,13 +42,13 @@ def _ln_fwd_kernel(
     mask = (rows < M)[:, None] & col_ok[None, :]  # (BLOCK_M, BLOCK_N)
     offs = rows[:, None].to(tl.int64) * N + cols[None, :]  # int64: M * N may exceed 2^31
 
-    h = tl.load(X + offs, mask=mask, other=0.0)
+    h = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_RES:
-        h = h + tl.load(R + offs, mask=mask, other=0.0)
-        # Store the sum in the input dtype and normalise exactly that rounded value, as the
-        # reference (x + residual, then layer_norm) does.
-        tl.store(H + offs, h, mask=mask)
-    h = h.to(tl.float32)
+        h_io = (h + tl.load(R + offs, mask=mask, other=0.0).to(tl.float32)).to(H.dtype.element_ty)
+        tl.store(H + offs, h_io, mask=mask)
+        # Normalise the sum rounded to the input dtype, as the reference (x + residual in that
+        # dtype, then layer_norm) does.
+        h = h_io.to(tl.float32)
 
     mean = tl.sum(h, axis=1) / N  # (BLOCK_M,)
     hc = tl.where(mask, h - mean[:, None], 0.0)  # padded columns must not enter the variance
@@ -116,25 +117,58 @@ def _ln_bwd_kernel(
         tl.store(DB_part + pid * N + cols, db_acc, mask=col_ok)
 
 
+@triton.jit
+def _ln_bwd_reduce_kernel(
+    DW_part, DB_part, DW, DB,  # partials: (G, N) fp32; DW, DB: (N,) in the parameter dtypes
+    G, N,
+    NEED_DW: tl.constexpr, NEED_DB: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Second stage of the dweight/dbias reduction: sum the G partial rows of a column block."""
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < N
+    dw = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    db = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for g0 in range(0, G, BLOCK_G):
+        g = g0 + tl.arange(0, BLOCK_G)
+        mask = (g < G)[:, None] & col_ok[None, :]
+        offs = g[:, None] * N + cols[None, :]
+        if NEED_DW:
+            dw += tl.sum(tl.load(DW_part + offs, mask=mask, other=0.0), axis=0)
+        if NEED_DB:
+            db += tl.sum(tl.load(DB_part + offs, mask=mask, other=0.0), axis=0)
+    if NEED_DW:
+        tl.store(DW + cols, dw.to(DW.dtype.element_ty), mask=col_ok)
+    if NEED_DB:
+        tl.store(DB + cols, db.to(DB.dtype.element_ty), mask=col_ok)
+
+
 # --------------------------------------------------------------------------------------------------
 # launchers
 
 
-def _block_sizes(N: int, elem_size: int) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps) for rows of N elements of elem_size bytes.
+def _fwd_launch(N: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps) of the forward for rows of N elements.
 
-    A whole row is one BLOCK_N = next_power_of_2(N) tile. Short rows are stacked BLOCK_M at a time
-    so that every program still reads ~16 KB per tensor (enough bytes in flight to hide DRAM
-    latency, and fewer, fatter programs). Warps: ~32 elements per thread per tensor keeps the fp32
-    working set in registers without spilling.
+    A whole row is one BLOCK_N = next_power_of_2(N) tile, so statistics need one pass. Short rows
+    are stacked BLOCK_M at a time (~4096 elements per program: enough bytes in flight per program
+    and fewer, fatter programs). Warps: ~16 elements per thread, which compiles for sm_90 to ~80
+    registers, leaving room for 3 programs per SM to hide DRAM latency.
     """
     BLOCK_N = triton.next_power_of_2(N)
-    if _INTERPRET:
-        # The interpreter's cost is per program and per op, not per element: big tiles.
+    if _INTERPRET:  # the interpreter's cost is per program and per op, not per element
         return max(1, min(64, 8192 // BLOCK_N)), BLOCK_N, 1
-    BLOCK_M = max(1, min(16, 16384 // (BLOCK_N * elem_size)))
-    num_warps = max(1, min(16, BLOCK_M * BLOCK_N // 1024))
-    return BLOCK_M, BLOCK_N, num_warps
+    BLOCK_M = max(1, min(16, 4096 // BLOCK_N))
+    return BLOCK_M, BLOCK_N, max(1, min(16, BLOCK_M * BLOCK_N // 512))
+
+
+def _bwd_launch(N: int) -> tuple[int, int, int]:
+    """Same for the backward, which keeps ~2x more live values per element (h, dy, xhat, g, dh):
+    half the elements per program and ~8 per thread."""
+    BLOCK_N = triton.next_power_of_2(N)
+    if _INTERPRET:
+        return max(1, min(64, 8192 // BLOCK_N)), BLOCK_N, 1
+    BLOCK_M = max(1, min(16, 2048 // BLOCK_N))
+    return BLOCK_M, BLOCK_N, max(1, min(16, BLOCK_M * BLOCK_N // 256))
 
 
 @functools.cache
@@ -150,7 +184,7 @@ def _ln_forward(x2, r2, weight, bias, eps):
     rstd = torch.empty(M, dtype=torch.float32, device=x2.device)
     if M == 0:
         return y, h, mean, rstd
-    BLOCK_M, BLOCK_N, num_warps = _block_sizes(N, x2.element_size())
+    BLOCK_M, BLOCK_N, num_warps = _fwd_launch(N)
     _ln_fwd_kernel[(triton.cdiv(M, BLOCK_M),)](
         x2, r2 if r2 is not None else x2, weight if weight is not None else x2,
         bias if bias is not None else x2, y, h if h is not None else y, mean, rstd,
@@ -161,37 +195,39 @@ def _ln_forward(x2, r2, weight, bias, eps):
     return y, h, mean, rstd
 
 
-def _ln_backward(h2, dy2, dsum2, weight, mean, rstd, need_dw, need_db):
+def _ln_backward(h2, dy2, dsum2, weight, mean, rstd, dw_dtype, db_dtype):
+    """dh (M, N), and dweight / dbias in dw_dtype / db_dtype (None = not wanted)."""
     M, N = h2.shape
     dh = torch.empty_like(h2)
-    BLOCK_M, BLOCK_N, num_warps = _block_sizes(N, h2.element_size())
-    # The backward tile holds ~4 live (BLOCK_M, BLOCK_N) fp32 tensors: halve the rows per tile.
-    BLOCK_M = max(1, BLOCK_M // 2) if not _INTERPRET else BLOCK_M
+    need_dw, need_db = dw_dtype is not None, db_dtype is not None
+    BLOCK_M, BLOCK_N, num_warps = _bwd_launch(N)
     n_tiles = triton.cdiv(M, BLOCK_M)
-    if _INTERPRET or not h2.is_cuda:
+    if _INTERPRET:
         G = min(n_tiles, 2)
     else:
         # Enough programs to fill every SM a few times over, few enough that the (G, N) partial
         # buffer stays small next to the (M, N) tensors.
         G = min(n_tiles, _sm_count(h2.device.index or 0) * 4)
-    G = max(G, 1)
-    dw_part = torch.empty(G, N, dtype=torch.float32, device=h2.device) if need_dw else None
-    db_part = torch.empty(G, N, dtype=torch.float32, device=h2.device) if need_db else None
-    if M > 0:
-        _ln_bwd_kernel[(G,)](
-            h2, dy2, dsum2 if dsum2 is not None else dy2, weight if weight is not None else h2,
-            mean, rstd, dh,
-            dw_part if need_dw else mean, db_part if need_db else mean,
-            M, N,
-            HAS_DSUM=dsum2 is not None, HAS_W=weight is not None, NEED_DW=need_dw, NEED_DB=need_db,
-            BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=num_warps,
+    G = max(G, 1)  # M == 0 still runs one program, which writes zero partial sums
+    # (2, G, N) fp32 partial column sums: [0] for dweight, [1] for dbias.
+    part = None
+    if need_dw or need_db:
+        part = torch.empty(2, G, N, dtype=torch.float32, device=h2.device)
+    _ln_bwd_kernel[(G,)](
+        h2, dy2, dsum2 if dsum2 is not None else dy2, weight if weight is not None else h2,
+        mean, rstd, dh, part[0] if need_dw else mean, part[1] if need_db else mean,
+        M, N,
+        HAS_DSUM=dsum2 is not None, HAS_W=weight is not None, NEED_DW=need_dw, NEED_DB=need_db,
+        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=num_warps,
+    )
+    dw = torch.empty(N, dtype=dw_dtype, device=h2.device) if need_dw else None
+    db = torch.empty(N, dtype=db_dtype, device=h2.device) if need_db else None
+    if need_dw or need_db:
+        BLOCK_COLS = 64 if _INTERPRET else 128
+        _ln_bwd_reduce_kernel[(triton.cdiv(N, BLOCK_COLS),)](
+            part[0], part[1], dw if need_dw else mean, db if need_db else mean, G, N,
+            NEED_DW=need_dw, NEED_DB=need_db, BLOCK_G=32, BLOCK_N=BLOCK_COLS,
         )
-    elif need_dw or need_db:  # no rows: the column sums are zero
-        for part in (dw_part, db_part):
-            if part is not None:
-                part.zero_()
-    dw = dw_part.sum(0) if need_dw else None
-    db = db_part.sum(0) if need_db else None
     return dh, dw, db
 
 
@@ -223,18 +259,16 @@ class _FusedLayerNorm(torch.autograd.Function):
     def backward(ctx, dy, dsum=None):
         h2, w, mean, rstd = ctx.saved_tensors
         shape, N = ctx.shape, ctx.shape[-1]
-        need_dw = w is not None and ctx.needs_input_grad[1]
-        need_db = ctx.b_dtype is not None and ctx.needs_input_grad[2]
+        dw_dtype = ctx.w_dtype if ctx.needs_input_grad[1] else None
+        db_dtype = ctx.b_dtype if ctx.needs_input_grad[2] else None
         dsum2 = dsum.contiguous().view(-1, N) if dsum is not None else None
         if dy is None:  # only the sum output was used downstream
             dh = dsum2 if dsum2 is not None else torch.zeros_like(h2)
             dw = db = None
         else:
             dy2 = dy.contiguous().view(-1, N)
-            dh, dw, db = _ln_backward(h2, dy2, dsum2, w, mean, rstd, need_dw, need_db)
+            dh, dw, db = _ln_backward(h2, dy2, dsum2, w, mean, rstd, dw_dtype, db_dtype)
         dx = dh.view(shape)
-        dw = dw.to(ctx.w_dtype) if dw is not None else None
-        db = db.to(ctx.b_dtype) if db is not None else None
         # x and residual receive the same gradient (d(x + residual) = dh for both).
         return dx, dw, db, (dx if ctx.has_res else None), None
 

@@ -39,13 +39,14 @@ def triton_available() -> bool:
     return True
 
 
-def _resolve(backend: str, x: torch.Tensor) -> str:
+def _resolve(backend: str, x: torch.Tensor, triton_suits: bool = True) -> str:
+    """The backend to run; `triton_suits` says whether "auto" should pick Triton for this call."""
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not a backend; use one of {', '.join(BACKENDS)}")
     if backend == "auto":
         backend = _default_backend
     if backend == "auto":
-        return "triton" if x.is_cuda and triton_available() else "torch"
+        return "triton" if x.is_cuda and triton_suits and triton_available() else "torch"
     return backend
 
 
@@ -109,7 +110,9 @@ def attention(
     key_padding_mask: (B, T) bool, True = real token (BERT batches).
     doc_ids: (B, T) int; a query attends only to keys of the same document (packed sequences).
     """
-    if _resolve(backend, q) == "triton":
+    # "auto" keeps fp32 attention on SDPA: the kernel's fp32 path (3-pass TF32) is for accuracy
+    # checks, not speed. Training runs under bf16 autocast, so q, k, v arrive in bf16.
+    if _resolve(backend, q, triton_suits=q.dtype in (torch.float16, torch.bfloat16)) == "triton":
         from tinylm.kernels.attention import flash_attention
 
         return flash_attention(q, k, v, causal, key_padding_mask, doc_ids, scale)
@@ -142,7 +145,8 @@ def layer_norm(
     backend: str = "auto",
 ):
     """LayerNorm with an optional fused residual add (see `layer_norm_reference`)."""
-    if _resolve(backend, x) == "triton":
+    # One row lives in registers in the kernel; wider rows stay on PyTorch under "auto".
+    if _resolve(backend, x, triton_suits=x.shape[-1] <= 16384) == "triton":
         from tinylm.kernels.layer_norm import fused_layer_norm
 
         return fused_layer_norm(x, weight, bias, eps, residual)

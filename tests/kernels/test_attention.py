@@ -17,14 +17,16 @@ from tinylm.kernels.attention import flash_attention
 # IEEE fp32 (no TF32) on every device; fp16/bf16 round P and dS to the input dtype before the
 # second matmul, exactly like any FlashAttention, which dominates their error. (On CPU the worst
 # case uses ~5% of the fp32 and ~30% of the fp16 budget.) Long GPU sequences sum more rounded
-# terms into dk/dv, hence the looser GPU_TOL.
+# terms into dk/dv, hence the looser GPU_TOL (PyTorch's own bf16/fp16 attention uses ~10-15% of
+# it on the GPU_CASES).
 TOL = {
     torch.float32: (2e-5, 2e-5),
     torch.float16: (4e-3, 4e-3),
 }
 GPU_TOL = {
-    torch.float16: (1e-2, 1e-2),
-    torch.bfloat16: (6e-2, 6e-2),
+    torch.float32: (1e-4, 1e-4),  # 3xTF32 dots on GPU
+    torch.float16: (6e-3, 6e-3),
+    torch.bfloat16: (4e-2, 4e-2),
 }
 
 
@@ -209,7 +211,7 @@ def test_spans_cover_every_visible_key():
                                       [5, 6]]
     assert qspan[:, 0].T.tolist() == [[8, -1], [0, 1], [2, 4], [2, 4], [2, 4], [5, 7], [5, 7],
                                       [8, -1]]
-    kspan, qspan = attn_mod._spans(kpm, doc, 2, 8, "cpu")  # interleaved ids: spans still cover
+    # row 1, interleaved ids: spans still cover every same-document key
     assert kspan[:, 1].T.tolist() == [[0, 5], [1, 4], [0, 5], [3, 7], [1, 4], [0, 5], [3, 7],
                                       [3, 7]]
     assert torch.equal(kspan[:, 1], qspan[:, 1])  # no padding: symmetric
@@ -236,7 +238,8 @@ GPU_CASES = [
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32],
+                         ids=["bf16", "fp16", "fp32"])
 @pytest.mark.parametrize("case", GPU_CASES, ids=[_id(c) for c in GPU_CASES])
 def test_matches_reference_gpu(case, dtype):
     B, H, T, D, causal, kind = case

@@ -35,7 +35,9 @@ def make_inputs(shape, dtype, device, residual, affine=(True, True), seed=0):
 
 def run(fn, x, w, b, r, gy, gh, dtype=None):
     """Outputs and the grads of every input that exists, optionally in another dtype."""
-    cast = lambda t: t.detach().to(dtype or t.dtype).requires_grad_() if t is not None else None  # noqa: E731
+    def cast(t):
+        return t.detach().to(dtype or t.dtype).requires_grad_() if t is not None else None
+
     x, w, b, r = (cast(t) for t in (x, w, b, r))
     out = fn(x, w, b, r)
     y, h = out if r is not None else (out, None)
@@ -92,8 +94,9 @@ def test_optional_weight_bias(affine, residual, device):
 def test_tile_shapes(rows_per_tile, monkeypatch, device):
     """Other (BLOCK_M, num_warps) choices than the default: partial last tiles, many programs,
     and every backward program walking several tiles."""
-    monkeypatch.setattr(ln_mod, "_block_sizes",
-                        lambda N, elem: (rows_per_tile, ln_mod.triton.next_power_of_2(N), 2))
+    launch = lambda N: (rows_per_tile, ln_mod.triton.next_power_of_2(N), 2)  # noqa: E731
+    monkeypatch.setattr(ln_mod, "_fwd_launch", launch)
+    monkeypatch.setattr(ln_mod, "_bwd_launch", launch)
     check((2, 13, 100), torch.float32, device, residual=True)
 
 
