@@ -10,7 +10,10 @@ from tinylm import ops
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm with an optional bias, computed by tinylm.ops (Triton on CUDA, PyTorch on CPU)."""
+    """LayerNorm with an optional bias, computed by tinylm.ops (Triton on CUDA, PyTorch on CPU).
+
+    `norm(x, residual=r)` adds first and returns (LN(x + r), x + r): one fused kernel instead of an
+    add followed by a norm."""
 
     def __init__(self, dim: int, bias: bool = True, eps: float = 1e-5):
         super().__init__()
@@ -18,8 +21,8 @@ class LayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.layer_norm(x, self.weight, self.bias, self.eps)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        return ops.layer_norm(x, self.weight, self.bias, self.eps, residual=residual)
 
 
 class MLP(nn.Module):
