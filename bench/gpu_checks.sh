@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Every GPU check in one go, for a single call on a lent H100/H200 (or any CUDA box):
+#   1. the tests marked `gpu` (bf16, real autotuning) for the Triton kernels;
+#   2. bench/bench_kernels.py: attention and LayerNorm against PyTorch, ratios in the same run;
+#   3. bench/bench_train.py: GPT training tokens/s and MFU, tinylm (Triton) against a plain
+#      compiled PyTorch GPT and against tinylm with kernels=torch, at 124M and ~30M shapes.
+# Results land in $OUT (the device tool's output folder) or bench/results/.
+#
+# The lent machine has torch and triton but not hydra-core/omegaconf: carry their wheels in .whl/
+# (see ../shared/ENV.md), e.g. run(command="bash bench/gpu_checks.sh", carry=[".whl"]).
+set -uo pipefail
+OUT=${OUT:-bench/results}
+mkdir -p "$OUT"
+PY=${PY:-python3}
+if ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=".:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
+# Without an editable install, make kernels/ importable as tinylm.kernels (setuptools maps it so
+# on install); the device machine works on a throwaway copy of the tree.
+$PY -c "import tinylm.kernels" 2>/dev/null || ln -sfn ../kernels tinylm/kernels
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu_info.txt"
+$PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu_info.txt"
+timeout 240 $PY -m pytest -q -m gpu tests/kernels 2>&1 | tee "$OUT/gpu_tests.txt"
+timeout 240 $PY bench/bench_kernels.py --out "$OUT/kernels_gpu.md" 2>&1 | tee "$OUT/bench_kernels.log"
+timeout 240 $PY bench/bench_train.py --out "$OUT/train_gpu.md" 2>&1 | tee "$OUT/bench_train.log"
