@@ -12,7 +12,7 @@ TORCH  := torch==2.13.0
 TRITON := $(if $(filter Linux,$(shell uname -s)),triton==3.7.1,)
 
 .DEFAULT_GOAL := help
-.PHONY: help install pretrain sweep test test-gpu bench bench-kernels clean
+.PHONY: help install pretrain sweep eval export test test-gpu bench bench-kernels clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -30,6 +30,12 @@ pretrain: $(STAMP)  ## train (default: tiny GPT on the embedded corpus); ARGS="m
 
 sweep: $(STAMP)  ## Hydra multirun, jobs one after another; ARGS="optim.lr=1e-3,3e-3"
 	$(PY) -m tinylm.pretrain --multirun $(ARGS)
+
+eval: $(STAMP)  ## zero-shot minimal pairs + dev perplexity; ARGS="ckpt=RUN_DIR tasks=FOLDER"
+	$(PY) -m tinylm.eval $(ARGS)
+
+export: $(STAMP)  ## Hugging Face folder (trust_remote_code); ARGS="ckpt=RUN_DIR out=DIR"
+	$(PY) -m tinylm.export $(ARGS)
 
 test: $(STAMP)  ## the whole pytest suite (CPU; Triton kernels under the interpreter)
 	$(PY) -m pytest -q $(ARGS)

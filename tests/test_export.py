@@ -1,0 +1,176 @@
+"""HF export: the folder loads offline through the Auto classes with trust_remote_code, its logits
+equal the native model's, its tokenizer's ids equal sentencepiece's, and padding side does not
+change a sentence's score."""
+
+import ast
+import json
+
+import pytest
+import torch
+from helpers import ROOT, run_cli, smoke_config
+
+from tinylm.errors import InputError
+
+transformers = pytest.importorskip("transformers")
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoProcessor, AutoTokenizer  # noqa: E402
+
+SHARED = ROOT.parent / "shared"
+CORPORA = SHARED / "corpora"
+SAMPLES = SHARED / "eval_samples"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, cache_dir):
+    from tinylm.train.loop import pretrain
+
+    run = tmp_path_factory.mktemp("export-run") / "run"
+    pretrain(smoke_config(run, cache_dir, "train.steps=8", "train.threads=1"))
+    return run
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir):
+    from tinylm.export.hf import export_hf
+
+    return export_hf(run_dir, run_dir / "hf", check=False)
+
+
+@pytest.fixture(scope="module")
+def native(run_dir):
+    from tinylm.train.checkpoint import load_trained
+
+    return load_trained(run_dir)
+
+
+def test_folder_layout_and_self_contained_code(exported):
+    names = {p.name for p in exported.iterdir()}
+    assert {"config.json", "configuration_tinylm.py", "modeling_tinylm.py", "model.safetensors",
+            "tokenizer.json", "tokenizer_config.json"} <= names
+    for name in ("configuration_tinylm.py", "modeling_tinylm.py"):
+        tree = ast.parse((exported / name).read_text())
+        absolute = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        absolute |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
+        assert absolute <= {"torch", "transformers", "math"}, (name, absolute)
+        relative = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level > 0}
+        assert relative == ({"configuration_tinylm"} if name == "modeling_tinylm.py" else set())
+    config = json.loads((exported / "config.json").read_text())
+    assert config["model_type"] == "tinylm" and config["family"] == "gpt"
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM"}
+
+
+def test_auto_classes_load_and_logits_match_the_native_model(exported, native):
+    model, tok, state = native
+    cfg = AutoConfig.from_pretrained(exported, trust_remote_code=True)
+    assert cfg.hidden_size == state["model_config"]["d_model"] and cfg.num_hidden_layers == state["model_config"]["n_layer"]
+    lm = AutoModelForCausalLM.from_pretrained(exported, trust_remote_code=True).eval()
+    body = AutoModel.from_pretrained(exported, trust_remote_code=True).eval()
+    ids = torch.randint(0, tok.vocab_size, (3, cfg.max_position_embeddings))
+    with torch.no_grad():
+        want = model(ids)
+        got = lm(input_ids=ids).logits
+        hidden = body(input_ids=ids).last_hidden_state
+    assert (want - got).abs().max().item() < 1e-4
+    assert hidden.shape == (3, ids.shape[1], cfg.hidden_size)
+    torch.testing.assert_close(lm.lm_head(hidden), got, atol=1e-5, rtol=0)
+
+
+def _sentence_scores(lm, tok, sentences, side):
+    tok.padding_side = side
+    batch = tok(sentences, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        lp = lm(**batch).logits.log_softmax(-1)
+    ids, real = batch["input_ids"], batch["attention_mask"]
+    token_lp = lp[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
+    return (token_lp * real[:, 1:] * real[:, :-1]).sum(1)
+
+
+def test_left_and_right_padding_give_the_same_sentence_scores(exported, native):
+    from tinylm.data.tokenizer import BOS_ID, PAD_ID
+    from tinylm.eval.scoring import causal_scores
+
+    model, sp_tok, _ = native
+    lm = AutoModelForCausalLM.from_pretrained(exported, trust_remote_code=True).eval()
+    tok = AutoTokenizer.from_pretrained(exported, trust_remote_code=True)
+    sentences = ["The dog ran.", "Where is the little ball that the cat found yesterday?", "Hi!"]
+    right = _sentence_scores(lm, tok, sentences, "right")
+    left = _sentence_scores(lm, tok, sentences, "left")
+    alone = torch.cat([_sentence_scores(lm, tok, [s], "right") for s in sentences])
+    torch.testing.assert_close(left, right, atol=1e-4, rtol=0)
+    torch.testing.assert_close(alone, right, atol=1e-4, rtol=0)
+    # ... and equal to tinylm's own causal scorer on the native model (BOS first, every token scored)
+    ids = sp_tok.encode(sentences)
+    native_scores = causal_scores(model, [(i, [True] * len(i)) for i in ids], BOS_ID, PAD_ID)
+    torch.testing.assert_close(torch.tensor(native_scores, dtype=torch.float32), right, atol=1e-4, rtol=0)
+
+
+def test_tokenizer_ids_equal_sentencepiece(exported, native):
+    from tinylm.export.hf import PARITY_TEXTS, id_parity
+
+    _, sp_tok, _ = native
+    tok = AutoTokenizer.from_pretrained(exported, trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(exported, trust_remote_code=True)
+    texts = PARITY_TEXTS + ["Box 0 contains the beer and the map, Box 1 contains ", "A: Did you?\nB: Yes, I did."]
+    if SAMPLES.is_dir():
+        lines = (SAMPLES / "babylm2025/full_eval/supplement_filtered/turn_taking.jsonl").read_text().splitlines()[:50]
+        texts += [json.loads(line)["sentence_good"] for line in lines]
+    assert id_parity(sp_tok, tok, texts) == []
+    assert id_parity(sp_tok, processor, texts) == []
+    first = tok("The dog.")["input_ids"]
+    assert first[0] == tok.bos_token_id == 2 and first[1:] == sp_tok.encode(["The dog."])[0]
+    assert (tok.pad_token_id, tok.eos_token_id, tok.mask_token_id) == (0, 3, 4)
+
+
+@pytest.mark.parametrize("model_type", ["bpe", "unigram"])
+def test_backend_tokenizer_matches_sentencepiece_for_both_model_types(model_type, tmp_path):
+    from tinylm.config import TokenizerConfig
+    from tinylm.data.default_corpus import generate_documents
+    from tinylm.data.tokenizer import train_tokenizer
+    from tinylm.export.hf import PARITY_TEXTS, build_backend_tokenizer
+
+    docs = generate_documents(8000, seed=1)
+    sp_tok = train_tokenizer(docs, TokenizerConfig(model_type=model_type, vocab_size=600), tmp_path, model_type)
+    backend = build_backend_tokenizer(sp_tok.model_file)
+    texts = PARITY_TEXTS + docs[-20:] + ["  Two  spaces,\ttabs\nand <mask> here <sep>.  "]
+    assert [backend.encode(t).ids for t in texts] == sp_tok.encode(texts)
+
+
+@pytest.mark.skipif(not CORPORA.is_dir(), reason="../shared/corpora is absent")
+def test_tokenizer_ids_equal_sentencepiece_on_the_research_corpora(exported, native):
+    from tinylm.export.hf import id_parity
+
+    _, sp_tok, _ = native
+    tok = AutoTokenizer.from_pretrained(exported, trust_remote_code=True)
+    texts = []
+    for path in sorted(CORPORA.glob("*/*.train")) + sorted(CORPORA.glob("tinystories/valid.txt")):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            blob = f.read(40_000)
+        texts += [blob[i : i + 2000] for i in range(0, len(blob), 2000)]
+    assert len(texts) > 50
+    assert id_parity(sp_tok, tok, texts) == []
+
+
+def test_bfloat16_export_passes_its_own_check(run_dir, tmp_path):
+    from tinylm.export.hf import export_hf
+
+    out = export_hf(run_dir, tmp_path / "bf16", dtype="bfloat16", check=True)
+    report = json.loads((out / "tinylm_export.json").read_text())
+    assert report["dtype"] == "bfloat16" and report["checks"]["max_abs_logit_diff"] < 1e-4
+    with pytest.raises(InputError, match="already exists and is not empty"):
+        export_hf(run_dir, out)
+
+
+def test_python_m_tinylm_export(run_dir, tmp_path):
+    out = tmp_path / "cli"
+    result = run_cli("tinylm.export", f"ckpt={run_dir}", f"out={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"exported {run_dir} to {out}" in result.stdout
+    report = json.loads((out / "tinylm_export.json").read_text())
+    assert report["step"] == 8 and report["checks"]["max_abs_logit_diff"] < 1e-4

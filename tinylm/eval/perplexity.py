@@ -1,0 +1,87 @@
+"""Dev perplexity and bits per byte of a causal model on its run's dev shard.
+
+The dev shard (tinylm/data/shards.py) lays documents out as `<bos> tokens <eos>`. Whole documents
+are taken in order up to `max_tokens`, concatenated, and cut into windows of the model's length
+that overlap by one token, so every token after the first is predicted once (context restarts at
+each window). BOS targets are not counted (a BOS after an EOS is a layout choice, not language).
+
+    perplexity     = exp(NLL / predicted tokens)
+    bits per byte  = NLL / ln 2 / UTF-8 bytes of the text, counted on the detokenised documents
+                     plus one byte per document for the line break the EOS stands for
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tinylm.data.tokenizer import BOS_ID, EOS_ID
+
+
+def dev_shard_of(run_dir: Path) -> tuple[Path | None, str]:
+    """(the run's shard folder or None, reason when None)."""
+    report_path = run_dir / "data_report.json"
+    if not report_path.exists():
+        return None, f"no data_report.json in {run_dir}"
+    shards = json.loads(report_path.read_text()).get("shards")
+    if not shards or not (Path(shards) / "meta.json").exists():
+        return None, f"the run's shard folder {shards} is gone (data.cache_dir cleaned or on another machine)"
+    meta = json.loads((Path(shards) / "meta.json").read_text())
+    if "dev" not in meta.get("splits", {}):
+        return None, f"{shards} has no dev split"
+    return Path(shards), ""
+
+
+@torch.no_grad()
+def dev_perplexity(model, tokenizer, shard_dir: Path, window: int, batch_size: int = 32,
+                   max_tokens: int = 500_000, device: torch.device | None = None,
+                   forward_kwargs: dict | None = None) -> dict[str, Any]:
+    from tinylm.data.shards import open_shard
+
+    shard = open_shard(shard_dir, "dev")
+    tokens = np.asarray(shard.tokens)
+    starts = list(shard.docs[:, 0]) + [len(tokens)]
+    n_docs, end = 0, 0
+    while n_docs < len(starts) - 1 and (n_docs == 0 or starts[n_docs + 1] <= max_tokens):
+        n_docs += 1
+        end = starts[n_docs]
+    if n_docs == 0 or end < 2:
+        return {"skipped": "the dev split is empty"}
+    stream = torch.from_numpy(tokens[:end].astype(np.int64))
+    n_bytes = 0
+    for d in range(n_docs):
+        doc = tokens[starts[d] : starts[d + 1]].tolist()
+        content = [t for t in doc if t not in (BOS_ID, EOS_ID)]
+        n_bytes += len(tokenizer.decode(content).encode("utf-8")) + 1
+
+    device = device or next(model.parameters()).device
+    chunks = [stream[i : i + window + 1] for i in range(0, len(stream) - 1, window)]
+    nll, count = 0.0, 0
+    for b in range(0, len(chunks), batch_size):
+        batch = chunks[b : b + batch_size]
+        T = max(len(c) for c in batch) - 1
+        inputs = torch.zeros(len(batch), T, dtype=torch.long)
+        targets = torch.full((len(batch), T), -100, dtype=torch.long)
+        for i, c in enumerate(batch):
+            inputs[i, : len(c) - 1] = c[:-1]
+            targets[i, : len(c) - 1] = c[1:]
+        targets[targets == BOS_ID] = -100
+        logits = model(inputs.to(device), **(forward_kwargs or {})).float()
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.to(device).view(-1), ignore_index=-100, reduction="sum")
+        nll += loss.item()
+        count += int((targets != -100).sum())
+    return {
+        "documents": n_docs,
+        "tokens": count,
+        "bytes": n_bytes,
+        "loss": nll / count,  # nats per token
+        "perplexity": math.exp(nll / count),
+        "bits_per_byte": nll / math.log(2) / n_bytes,
+        "shards": str(shard_dir),
+    }

@@ -1,0 +1,200 @@
+"""`evaluate(cfg)`: load a trained run, score every task file, write the results.
+
+Writes into `out` (default <run dir>/eval/):
+    results.json      run info, scorer, accuracy / pairs / ties per file, per UID and phenomenon,
+                      macro averages per task, dev perplexity and bits per byte, samples
+    predictions.json  the chosen candidate per item, in the BabyLM 2025 collated layout
+    accuracy.png      accuracy per UID and the macro per task
+    samples.txt       generations from a few prompts (causal models)
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tinylm.data.tokenizer import BOS_ID, EOS_ID, MASK_ID, PAD_ID
+from tinylm.errors import InputError
+from tinylm.eval.config import SCORERS, EvalConfig
+from tinylm.eval.formats import read_tasks
+from tinylm.eval.perplexity import dev_perplexity, dev_shard_of
+from tinylm.eval.report import aggregate, collate_predictions, format_table, plot_accuracies
+from tinylm.eval.scoring import causal_scores, encode_scored, judge, masked_scores, model_window
+from tinylm.utils import write_atomic, write_json_atomic
+
+BACKEND = {"causal": "causal", "pll": "mlm", "pll_word": "mlm", "mntp": "mntp"}  # BabyLM pipeline names
+DEFAULT_PROMPTS = ["Once upon a time", "The little dog", "Where is the ball?"]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise InputError(f"device={name!r} is not a device; use auto, cpu or cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("device=cuda but no CUDA device is visible; use device=auto or cpu")
+    return torch.device(name)
+
+
+def run_dir_of(ckpt: Path) -> Path:
+    return ckpt.parent.parent if (ckpt / "state.json").exists() else ckpt
+
+
+def runs_causally(model) -> bool:
+    """A masked model whose forward takes causal=True (GPT-BERT) can also be scored causally."""
+    return "causal" in inspect.signature(model.forward).parameters
+
+
+def causal_forward_kwargs(model) -> dict:
+    return {} if getattr(model, "causal", False) else {"causal": True}
+
+
+def choose_scorer(requested: str, model) -> str:
+    if requested not in SCORERS:
+        raise InputError(f"scorer={requested!r} is not a scorer; use one of {', '.join(SCORERS)}")
+    causal = bool(getattr(model, "causal", False))
+    family = getattr(getattr(model, "cfg", None), "family", type(model).__name__)
+    if requested == "auto":
+        return "causal" if causal else "pll"
+    if requested == "causal" and not causal and not runs_causally(model):
+        raise InputError(f"scorer=causal needs a causal model; this checkpoint is a {family} (masked); use scorer=pll, pll_word or mntp")
+    if requested != "causal" and causal:
+        raise InputError(f"scorer={requested} needs a masked model; this checkpoint is a causal {family}; use scorer=causal")
+    return requested
+
+
+def score_texts(model, tokenizer, scorer: str, texts, cfg: EvalConfig, device, word_starts=None) -> list[float]:
+    if scorer == "causal":
+        return causal_scores(model, texts, BOS_ID, PAD_ID, cfg.batch_size, cfg.max_len, device,
+                             forward_kwargs=causal_forward_kwargs(model))
+    try:
+        return masked_scores(model, texts, scorer, MASK_ID, PAD_ID, prefix=(BOS_ID,), suffix=(EOS_ID,),
+                             word_starts=word_starts, batch_size=cfg.batch_size, max_len=cfg.max_len, device=device)
+    except TypeError as e:
+        if "key_padding_mask" in str(e):
+            raise InputError(f"scorer={scorer}: the model's forward takes no key_padding_mask; "
+                             "masked scorers need a masked model") from None
+        raise
+
+
+@torch.no_grad()
+def write_samples(model, tokenizer, prompts: list[str], n_tokens: int, seed: int, device, path: Path) -> list[dict[str, str]]:
+    generator = torch.Generator(device=device).manual_seed(seed)
+    out = []
+    for prompt in prompts:
+        ids = torch.tensor([[BOS_ID, *tokenizer.encode([prompt])[0]]], device=device)
+        ids = ids[:, -model_window(model):]
+        gen = model.generate(ids, n_tokens, temperature=0.8, top_k=50, eos_id=EOS_ID, generator=generator)
+        new = [i for i in gen[0, ids.shape[1] :].tolist() if i != EOS_ID]
+        out.append({"prompt": prompt, "continuation": tokenizer.decode(new)})
+    write_atomic(path, "".join(f"{s['prompt']} >>> {s['continuation']}\n" for s in out))
+    return out
+
+
+def _run_prompts(run_dir: Path) -> list[str]:
+    config = run_dir / "config.yaml"
+    if config.exists():
+        from omegaconf import OmegaConf
+
+        prompts = OmegaConf.select(OmegaConf.load(config), "train.sample_prompts")
+        if prompts:
+            return list(prompts)
+    return DEFAULT_PROMPTS
+
+
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    """Evaluate `cfg.ckpt` on every file under `cfg.tasks`; returns what results.json holds."""
+    from tinylm.train.checkpoint import load_trained
+
+    started = time.perf_counter()
+    device = resolve_device(cfg.device)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    if cfg.batch_size < 1:
+        raise InputError(f"batch_size={cfg.batch_size} must be at least 1")
+    if not 0.0 <= cfg.tie_credit <= 1.0:
+        raise InputError(f"tie_credit={cfg.tie_credit} must lie in [0, 1] (0.5 = half credit for a tie)")
+    files, ignored = read_tasks(cfg.tasks, cfg.max_items)  # bad task files fail before any model work
+    ckpt = Path(cfg.ckpt).expanduser()
+    model, tokenizer, state = load_trained(ckpt, device)
+    run_dir = run_dir_of(ckpt)
+    scorer = choose_scorer(cfg.scorer, model)
+    out = Path(cfg.out).expanduser() if cfg.out else run_dir / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    word_starts = tokenizer.word_start_table() if scorer == "pll_word" else None
+    print(f"evaluating {ckpt} (step {state.get('step')}) with scorer={scorer} on {len(files)} file(s); device {device}")
+
+    scores: dict[str, list[list[float]]] = {}
+    verdicts: dict[str, list] = {}
+    for tf in files:
+        t0 = time.perf_counter()
+        texts, owner = [], []
+        for n, item in enumerate(tf.items):
+            for text in encode_scored(tokenizer.sp, item.context, item.candidates):
+                texts.append(text)
+                owner.append(n)
+        flat = score_texts(model, tokenizer, scorer, texts, cfg, device, word_starts)
+        per_item: list[list[float]] = [[] for _ in tf.items]
+        for n, s in zip(owner, flat):
+            per_item[n].append(s)
+        scores[tf.source] = per_item
+        verdicts[tf.source] = [judge(s, item.correct, cfg.tie_credit) if item.correct is not None else None
+                               for item, s in zip(tf.items, per_item)]
+        done = [v for v in verdicts[tf.source] if v is not None]
+        shown = f"accuracy {100 * sum(v.credit for v in done) / len(done):.1f}%" if done else "graded"
+        print(f"  {tf.source}: {tf.task}, {len(tf.items)} items, {shown} ({time.perf_counter() - t0:.1f} s)")
+
+    results: dict[str, Any] = {
+        "checkpoint": str(ckpt), "run_dir": str(run_dir), "step": state.get("step"),
+        "tokens_seen": state.get("tokens_seen"), "words_seen": state.get("words_seen"),
+        "model": state.get("model_config", {}), "scorer": scorer, "babylm_backend": BACKEND[scorer],
+        "tie_credit": cfg.tie_credit, "tasks_dir": str(Path(cfg.tasks).expanduser()), "max_items": cfg.max_items,
+        "ignored_files": ignored,
+    }
+    results |= aggregate(files, scores, verdicts)
+    # one number per task, as BabyLM reports it (accuracy; Spearman's rho for wug)
+    results["summary"] = {task: entry["macro"] for task, entry in results["tasks"].items()}
+
+    causal = scorer == "causal"
+    if cfg.dev and causal:
+        shard_dir, why = dev_shard_of(run_dir)
+        results["dev"] = (dev_perplexity(model, tokenizer, shard_dir, model_window(model, cfg.max_len), cfg.batch_size,
+                                         cfg.dev_max_tokens, device, causal_forward_kwargs(model))
+                          if shard_dir else {"skipped": why})
+    else:
+        results["dev"] = {"skipped": "dev=false" if not cfg.dev else "not a causal model"}
+    if cfg.samples and causal and hasattr(model, "generate"):
+        results["samples"] = write_samples(model, tokenizer, _run_prompts(run_dir), cfg.sample_tokens, cfg.seed, device,
+                                           out / "samples.txt")
+    results["seconds"] = time.perf_counter() - started
+
+    write_json_atomic(out / "results.json", _json_safe(results))
+    write_atomic(out / "predictions.json", json.dumps(_json_safe(collate_predictions(files, scores, verdicts))) + "\n")
+    plot_accuracies(results["tasks"], out / "accuracy.png", f"{run_dir.name} step {state.get('step')} ({scorer})")
+    print(format_table(results["tasks"]))
+    dev = results["dev"]
+    if "perplexity" in dev:
+        print(f"dev: {dev['loss']:.4f} nats/token, perplexity {dev['perplexity']:.2f}, {dev['bits_per_byte']:.4f} bits/byte "
+              f"({dev['tokens']:,} tokens)")
+    else:
+        print(f"dev perplexity skipped: {dev['skipped']}")
+    print("summary: " + ", ".join(f"{task} {value:.3f}" for task, value in results["summary"].items()))
+    print(f"results: {out / 'results.json'}")
+    return results
+
+
+def _json_safe(obj):
+    """NaN -> None so results.json is strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj

@@ -1,0 +1,269 @@
+"""Export a trained tinylm run as a Hugging Face folder that loads offline with trust_remote_code.
+
+    out/
+      config.json               TinyLMConfig: the checkpoint's ModelConfig + special ids + auto_map
+      configuration_tinylm.py   copied from this package; imports only transformers
+      modeling_tinylm.py        copied from this package; imports only torch and transformers
+      model.safetensors         the weights (tied head stored once)
+      generation_config.json    bos / eos / pad ids
+      tokenizer.json, tokenizer_config.json, special_tokens_map.json
+                                a fast tokenizer whose ids equal the sentencepiece ids
+      sentencepiece.model       the run's original tokenizer, for reference
+      tinylm_export.json        where it came from: checkpoint, step, tokens and words seen, checks
+
+The fast tokenizer is built from the sentencepiece model itself (not through a slow tokenizer
+class): sentencepiece's precompiled normalisation rules, its whitespace handling (strip, collapse
+runs of spaces, "▁" for spaces, a dummy "▁" at the start), the BPE merges ranked by piece score (or
+the unigram scores) with byte fallback, and the user-defined symbols (<mask>, <cls>, <sep>) isolated
+as sentencepiece emits them. Special tokens in the text are not parsed (`split_special_tokens`), as
+sentencepiece does not parse them either. Every export checks id parity on sample texts and logits
+parity against the native model before it is moved into place.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tinylm.errors import InputError
+from tinylm.utils import atomic_dir
+
+TEMPLATE_DIR = Path(__file__).resolve().parent
+TEMPLATES = ("configuration_tinylm.py", "modeling_tinylm.py")
+AUTO_MAP = {
+    "gpt": {
+        "AutoConfig": "configuration_tinylm.TinyLMConfig",
+        "AutoModel": "modeling_tinylm.TinyLMModel",
+        "AutoModelForCausalLM": "modeling_tinylm.TinyLMForCausalLM",
+    },
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Texts every export checks for id parity (whitespace runs, newlines, tabs, digits, accents,
+# ligatures, emoji, special-token look-alikes).
+PARITY_TEXTS = [
+    "Once upon a time, there was a little dog named Max.",
+    "  Leading and   repeated spaces  ",
+    "David: Should you quit?\nSarah: No, I shouldn't.",
+    "tabs\tand\nnewlines\n\nhere",
+    "Numbers 1, 22 and 333; café, naïve, ﬁne, Ⅻ, ①.",
+    "emoji 😀 and 中文 and العربية",
+    "a <mask> token, <s> and </s> as text, x<mask>y",
+    "",
+]
+
+
+@dataclass
+class SpecialTokens:
+    pad: str
+    unk: str
+    bos: str
+    eos: str
+    mask: str
+    cls: str
+    sep: str
+
+
+def _load_proto(model_file: Path):
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(Path(model_file).read_bytes())
+    return proto
+
+
+def build_backend_tokenizer(model_file: str | Path):
+    """A `tokenizers.Tokenizer` that encodes exactly like the sentencepiece model (ids and pieces)."""
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
+    from tokenizers.models import BPE, Unigram
+
+    proto = _load_proto(model_file)
+    spec = proto.normalizer_spec
+    byte_fallback = proto.trainer_spec.byte_fallback
+    pieces = list(proto.pieces)
+    user_defined = [p.piece for p in pieces if p.type == 4]  # USER_DEFINED
+    unk_piece = pieces[proto.trainer_spec.unk_id].piece
+    if proto.trainer_spec.model_type == 2:  # BPE: merges ranked by the score of the merged piece
+        vocab = {p.piece: i for i, p in enumerate(pieces)}
+        normal = {p.piece: (p.score, i) for i, p in enumerate(pieces) if p.type == 1}
+        ranked = []
+        for piece, (score, i) in normal.items():
+            for cut in range(1, len(piece)):
+                left, right = piece[:cut], piece[cut:]
+                if left in normal and right in normal:
+                    ranked.append((-score, i, left, right))
+        merges = [(left, right) for _, _, left, right in sorted(ranked)]
+        # ignore_merges: a chunk that is a whole vocabulary entry is emitted as is (how the isolated
+        # user-defined pieces come out). The one known difference from sentencepiece follows from it:
+        # text that is exactly a control piece between two user-defined ones ("<mask><s><mask>").
+        model = BPE(vocab=vocab, merges=merges, unk_token=unk_piece, fuse_unk=True, byte_fallback=byte_fallback,
+                    ignore_merges=bool(user_defined))
+    elif proto.trainer_spec.model_type == 1:  # UNIGRAM
+        # sentencepiece's Viterbi uses normal and user-defined pieces only: "<s>" or "<0x41>" in a text
+        # is characters, never the control or byte piece. Here they get scores no path would choose
+        # (and characters no normal piece contains are cut off by the pre-tokenizer below).
+        floor = min(p.score for p in pieces) - 1e4
+        vocab = [(p.piece, floor if p.type in (2, 3, 6) else p.score) for p in pieces]  # UNKNOWN, CONTROL, BYTE
+        model = Unigram(vocab, unk_id=proto.trainer_spec.unk_id, byte_fallback=byte_fallback)
+    else:
+        raise InputError(f"{model_file}: sentencepiece model type {proto.trainer_spec.model_type} cannot be exported; "
+                         "use bpe or unigram")
+    tok = Tokenizer(model)
+    steps = []
+    if spec.precompiled_charsmap:
+        steps.append(normalizers.Precompiled(spec.precompiled_charsmap))
+    if spec.remove_extra_whitespaces:
+        steps += [normalizers.Replace(Regex(r"\A +| +\z"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
+    if spec.escape_whitespaces:
+        steps.append(normalizers.Replace(" ", "▁"))
+    if spec.add_dummy_prefix:
+        # In the normalizer (not a Metaspace pre-tokenizer): it must apply after the leading spaces
+        # are stripped, once per text.
+        steps.append(normalizers.Prepend("▁"))
+    tok.normalizer = normalizers.Sequence(steps)
+    # sentencepiece emits user-defined pieces whole and never merges across them: isolate them.
+    isolate = [re.escape(p) for p in sorted(user_defined, key=len, reverse=True)]
+    if proto.trainer_spec.model_type == 1:
+        # A character no normal piece contains is always a token of its own in sentencepiece
+        # (unknown -> bytes): cut it off, so no control or byte piece can cover it here.
+        known = sorted({c for p in pieces if p.type == 1 for c in p.piece} | {"▁"})
+        isolate.append("[^" + "".join(re.escape(c) for c in known) + "]")
+    if isolate:
+        tok.pre_tokenizer = pre_tokenizers.Split(Regex("|".join(isolate)), behavior="isolated")
+    dec = [decoders.Replace("▁", " ")]
+    if byte_fallback:
+        dec.append(decoders.ByteFallback())
+    dec.append(decoders.Fuse())
+    if spec.add_dummy_prefix:
+        dec.append(decoders.Strip(content=" ", left=1))
+    tok.decoder = decoders.Sequence(dec)
+    return tok
+
+
+def build_fast_tokenizer(model_file: str | Path, max_len: int, family: str = "gpt"):
+    """The transformers fast tokenizer of a tinylm sentencepiece model; GPT adds BOS in front."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    from tinylm.data.tokenizer import BOS_ID, CLS_ID, EOS_ID, MASK_ID, PAD_ID, SEP_ID, UNK_ID
+
+    backend = build_backend_tokenizer(model_file)
+    proto = _load_proto(model_file)
+    piece = [p.piece for p in proto.pieces]
+    special = SpecialTokens(piece[PAD_ID], piece[UNK_ID], piece[BOS_ID], piece[EOS_ID], piece[MASK_ID], piece[CLS_ID], piece[SEP_ID])
+    if family == "gpt":
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{special.bos} $A", pair=f"{special.bos} $A $B", special_tokens=[(special.bos, BOS_ID)])
+    else:  # masked families (planned): BOS ... EOS, as tinylm's shards lay documents out
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{special.bos} $A {special.eos}", pair=f"{special.bos} $A {special.eos} $B {special.eos}",
+            special_tokens=[(special.bos, BOS_ID), (special.eos, EOS_ID)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=special.bos, eos_token=special.eos, unk_token=special.unk,
+        pad_token=special.pad, mask_token=special.mask, cls_token=special.cls, sep_token=special.sep,
+        split_special_tokens=True, model_max_length=max_len, padding_side="right", clean_up_tokenization_spaces=False,
+    )
+
+
+def native_to_hf_state_dict(native: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """tinylm GPT names -> TinyLMForCausalLM names: the body under `model.`, `head` -> `lm_head`."""
+    return {("lm_head.weight" if k == "head.weight" else f"model.{k}"): v for k, v in native.items()}
+
+
+def id_parity(sp_tokenizer, hf_tokenizer, texts: list[str]) -> list[str]:
+    """Texts whose sentencepiece ids differ from the fast tokenizer's (without special tokens)."""
+    return [t for t in texts if sp_tokenizer.encode([t])[0] != hf_tokenizer(t, add_special_tokens=False)["input_ids"]]
+
+
+def _check_export(folder: Path, native, sp_tokenizer, max_len: int, dtype: torch.dtype) -> dict[str, Any]:
+    """Load the folder back through transformers (trust_remote_code) and compare with the native model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=True)
+    bad = id_parity(sp_tokenizer, tok, PARITY_TEXTS)
+    if bad:
+        raise RuntimeError(f"exported tokenizer ids differ from sentencepiece on {bad[:3]!r}")
+    hf = AutoModelForCausalLM.from_pretrained(str(folder), trust_remote_code=True, dtype=torch.float32).eval()
+    reference = copy.deepcopy(native).float()
+    with torch.no_grad():
+        for p in reference.parameters():  # a bf16/fp16 export is compared with the rounded weights
+            p.copy_(p.to(dtype).float())
+    ids = tok([t for t in PARITY_TEXTS if t], return_tensors="pt", padding=True, truncation=True, max_length=max_len)
+    with torch.no_grad():
+        want = reference(ids["input_ids"])
+        got = hf(input_ids=ids["input_ids"]).logits
+    diff = (want - got).abs().max().item()
+    if diff > 1e-4:
+        raise RuntimeError(f"exported model logits differ from the native model by {diff:.2e} (> 1e-4)")
+    return {"tokenizer_id_parity_texts": len(PARITY_TEXTS), "max_abs_logit_diff": diff}
+
+
+def export_hf(ckpt: str | Path, out: str | Path | None = None, dtype: str = "float32", check: bool = True,
+              overwrite: bool = False) -> Path:
+    """Write the HF folder for a run directory (newest checkpoint) or a checkpoints/step_* folder."""
+    from tinylm.train.checkpoint import load_trained
+
+    if dtype not in DTYPES:
+        raise InputError(f"dtype={dtype!r} is not supported; use one of {', '.join(DTYPES)}")
+    ckpt = Path(ckpt).expanduser()
+    run_dir = ckpt.parent.parent if (ckpt / "state.json").exists() else ckpt
+    out = Path(out).expanduser() if out else run_dir / "hf"
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise InputError(f"out={out} already exists and is not empty; pass overwrite=true or choose another folder")
+    native, sp_tokenizer, state = load_trained(ckpt, "cpu")
+    model_config = dict(state["model_config"])
+    family = model_config.get("family", "gpt")
+    if family not in AUTO_MAP:
+        raise InputError(f"export of model family {family!r} is not implemented yet (implemented: {', '.join(AUTO_MAP)})")
+
+    from tinylm.data.tokenizer import BOS_ID, EOS_ID, MASK_ID, PAD_ID
+    from tinylm.export.configuration_tinylm import TinyLMConfig
+    from tinylm.export.modeling_tinylm import TinyLMForCausalLM
+
+    config = TinyLMConfig(**model_config, pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
+                          mask_token_id=MASK_ID, architectures=["TinyLMForCausalLM"])
+    hf_model = TinyLMForCausalLM(config).eval()
+    missing, unexpected = hf_model.load_state_dict(native_to_hf_state_dict(native.state_dict()), strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and model_config.get("tie_embeddings", True))]
+    if missing or unexpected:
+        raise RuntimeError(f"weights do not map onto the HF model: missing {missing}, unexpected {unexpected}")
+    if model_config.get("tie_embeddings", True):
+        hf_model.tie_weights()
+    hf_model.to(DTYPES[dtype])
+    tokenizer = build_fast_tokenizer(sp_tokenizer.model_file, model_config["max_seq_len"], family)
+
+    with atomic_dir(out) as tmp:
+        hf_model.save_pretrained(str(tmp))
+        config_path = tmp / "config.json"
+        saved = json.loads(config_path.read_text())
+        saved["auto_map"] = AUTO_MAP[family]
+        config_path.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+        for name in TEMPLATES:
+            shutil.copyfile(TEMPLATE_DIR / name, tmp / name)
+        tokenizer.save_pretrained(str(tmp))
+        _pin_tokenizer_class(tmp / "tokenizer_config.json")
+        shutil.copyfile(sp_tokenizer.model_file, tmp / "sentencepiece.model")
+        report: dict[str, Any] = {
+            "source_checkpoint": str(ckpt), "step": state.get("step"), "tokens_seen": state.get("tokens_seen"),
+            "words_seen": state.get("words_seen"), "model_config": model_config, "dtype": dtype,
+        }
+        if check:
+            report["checks"] = _check_export(tmp, native, sp_tokenizer, model_config["max_seq_len"], DTYPES[dtype])
+        (tmp / "tinylm_export.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        tmp.chmod(0o755)  # a folder to share or upload (temporary folders are created private)
+        for f in tmp.iterdir():
+            f.chmod(0o644)
+    return out
+
+
+def _pin_tokenizer_class(path: Path) -> None:
+    """Name the tokenizer class every transformers release knows (v5 writes its new backend name)."""
+    cfg = json.loads(path.read_text())
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
