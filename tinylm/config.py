@@ -27,20 +27,66 @@ class ModelConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = True  # output head shares the token embedding matrix
     init_std: float = 0.02
+    # mLSTM (model.family=mlstm)
+    mlstm_form: str = "chunkwise"  # training forward: chunkwise | parallel | recurrent (same function)
+    mlstm_chunk_size: int = 64  # chunkwise form: tokens per chunk
+    mlstm_proj_factor: float = 2.0  # block up-projection: inner width = factor * d_model
+    mlstm_conv_kernel: int = 4  # causal depthwise conv feeding q and k
+    mlstm_qkv_blocksize: int = 4  # block-diagonal q/k/v projections (xLSTM); 0 = dense
+    mlstm_forget_gate: str = "sigmoid"  # sigmoid | exp
+    mlstm_swa_every: int = 0  # every k-th block (k >= 2) is sliding-window attention; 0 = none
+    mlstm_swa_window: int = 128  # keys a sliding-window attention query sees (itself included)
+    # BERT (model.family=bert)
+    bert_norm: str = "pre"  # pre | post: LayerNorm before each sublayer (pre-LN) or after the residual add
+    bert_positions: str = "relative"  # relative (T5-style bucketed per-head bias) | rotary
+    bert_rel_buckets: int = 32  # relative: buckets over signed distances (half each direction)
+    bert_rel_max_distance: int = 128  # relative: distances beyond this share the outermost bucket
+    bert_rope_base: float = 10000.0  # rotary: frequency base
+    bert_elc: bool = True  # ELC-BERT: each layer reads a learned mix of all earlier layers' outputs
 
 
 @dataclass
 class DataConfig:
     name: str = "default"
-    # default: the embedded generated corpus (tinylm.data.default_corpus);
-    # text: UTF-8 files or folders of them, one document per non-empty line.
+    # default: the embedded generated corpus (tinylm.data.default_corpus); text: UTF-8 files or
+    # folders, one document per non-empty line; babylm: a folder of <domain>.train (+ .dev) files;
+    # tinystories: <|endoftext|>-separated stories; jsonl: a text field per record; hf: any
+    # `datasets` dataset. See tinylm/data/sources.py and conf/data/*.yaml.
     kind: str = "default"
-    paths: list[str] = field(default_factory=list)  # kind=text: files or folders
-    dev_paths: list[str] = field(default_factory=list)  # kind=text: explicit dev files (else split)
+    root: str = ""  # babylm / tinystories: the corpus folder
+    paths: list[str] = field(default_factory=list)  # text / jsonl / tinystories: files or folders
+    dev_paths: list[str] = field(default_factory=list)  # explicit dev files (else split by document)
+    domains: list[str] = field(default_factory=list)  # babylm: domains to read (empty: every <domain>.train)
+    text_field: str = "text"  # jsonl / hf: the field holding the text
+    hf_name: str = ""  # hf: a hub dataset name or a builder (text, json, parquet, csv)
+    hf_config: str = ""  # hf: configuration name
+    hf_data_files: list[str] = field(default_factory=list)  # hf: data_files for load_dataset
+    hf_split: str = "train"
+    hf_dev_split: str = ""  # hf: dev split name ("": split by document)
     default_words: int = 250_000  # kind=default: words to generate
     default_seed: int = 0
-    dev_fraction: float = 0.05  # documents held out for dev loss when no dev_paths are given
-    cache_dir: str = ".cache/tinylm"  # tokenizers and shards, keyed by content hashes
+    dev_fraction: float = 0.05  # documents held out for dev loss when a source has no dev files
+    doc_words: int = 500  # babylm / long records: documents of about this many words (cut at line / sentence ends)
+    on_invalid_utf8: str = "auto"  # error | replace (counted) | auto: error for text, replace otherwise
+    # cleaning (not applied to text / default); see tinylm/data/clean.py
+    normalize_whitespace: bool = True
+    childes_speakers: str = "keep"  # keep | strip  (*CHI:, *MOT:, ...)
+    childes_annotations: str = "keep"  # keep | strip  ([laughs], [: word], ...)
+    switchboard_speakers: str = "keep"  # keep | strip  (A: / B:)
+    wiki_headers: str = "keep"  # keep | strip | title  (= = = Title = = =)
+    gutenberg_boilerplate: str = "strip"  # keep | strip  (PG markers, licence, end lines, notes)
+    gutenberg_italics: str = "strip"  # keep | strip  (_italics_ -> italics)
+    dedup: str = "auto"  # auto (near for babylm/tinystories/jsonl/hf, none for text/default) | none | exact | near
+    near_dup_ngram: int = 8  # word n-gram shingles
+    near_dup_threshold: float = 0.5  # share of a document's sampled shingles already seen that makes it a duplicate
+    near_dup_sample: int = 4  # keep 1 in N shingles (by hash)
+    budget_words: int = 0  # train words to keep, exactly (0: all); a deterministic subset
+    budget_weights: dict[str, float] = field(default_factory=dict)  # {source: weight}; empty: proportional
+    budget_seed: int = 0
+    allow_smaller_corpus: bool = False  # a budget above the corpus size takes the whole corpus instead of failing
+    keep_text: bool = False  # also write the final train.txt / dev.txt (one document per line) to the data dir
+    out_dir: str = ""  # the data directory (tokenizer, shards, data_report.json); "": cache_dir/data/<content hash>
+    cache_dir: str = ".cache/tinylm"  # data directories keyed by content hashes
 
 
 @dataclass
@@ -49,7 +95,8 @@ class TokenizerConfig:
     vocab_size: int = 2048
     byte_fallback: bool = True
     character_coverage: float = 1.0
-    max_sentences: int = 2_000_000  # sentences sampled for training on large corpora
+    max_sentences: int = 2_000_000  # sentences sentencepiece keeps (seeded sampling beyond that)
+    max_train_chars: int = 100_000_000  # train-split characters the tokenizer sees (a stable sample beyond that)
 
 
 @dataclass
@@ -65,6 +112,11 @@ class OptimConfig:
     warmup_steps: int = 50
     min_lr_ratio: float = 0.1  # final lr as a fraction of lr
     decay_fraction: float = 0.2  # wsd: share of steps spent decaying at the end
+    # Muon (optim.name=muon): orthogonalised momentum for the hidden matrices, AdamW for the rest
+    muon_lr: float = 0.02  # peak lr of the Muon matrices (follows the schedule in proportion to lr)
+    muon_momentum: float = 0.95
+    muon_nesterov: bool = True
+    muon_ns_steps: int = 5  # Newton-Schulz iterations
 
 
 @dataclass
@@ -93,6 +145,28 @@ class TrainConfig:
 
 
 @dataclass
+class ObjectiveConfig:
+    name: str = "clm"  # clm | mlm | hybrid (GPT-BERT: causal + masked next-token) | distill (clm on teachers)
+    # masking (mlm, and the masked rows of hybrid); the rate moves linearly from start to end over training
+    mask_rate_start: float = 0.15
+    mask_rate_end: float = 0.15
+    masking: str = "token"  # token | span (geometric span lengths, whole spans masked)
+    span_mean: float = 3.0  # span: mean of the geometric length distribution before clipping
+    span_max: int = 10  # span: longest span
+    mask_token_prob: float = 0.8  # a chosen token becomes <mask> (80/10/10: 0.8 / 0.1 / rest kept)
+    random_token_prob: float = 0.1  # ... or a random non-special token; else it is kept as is
+    adaptive: bool = False  # token masking: sample positions in proportion to a per-id loss EMA
+    adaptive_decay: float = 0.99  # adaptive: EMA decay per update of an id's loss
+    # hybrid
+    causal_share: float = 0.5  # share of rows (or steps) trained causally; the rest masked (MNTP)
+    hybrid_mode: str = "rows"  # rows: split every batch | steps: whole steps alternate
+    # distillation (distill, or any objective with teachers): Baby Llama's ensemble soft targets
+    teachers: list[str] = field(default_factory=list)  # run directories or checkpoint folders
+    distill_temperature: float = 2.0
+    distill_alpha: float = 0.5  # weight of the hard-label loss; 1 - alpha on the soft targets
+
+
+@dataclass
 class LoggerConfig:
     kind: str = "none"  # none | wandb
     project: str = "tinylm"
@@ -109,6 +183,7 @@ class PretrainConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     kernels: str = "auto"  # auto | triton | torch (see tinylm.ops)
     run_dir: str = MISSING  # set from hydra.run.dir / the sweep job dir in conf/pretrain.yaml

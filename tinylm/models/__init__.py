@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tinylm.config import ModelConfig
 
-FAMILIES = ("gpt",)
+FAMILIES = ("gpt", "mlstm", "bert")
 
 
 def build_model(cfg: ModelConfig):
@@ -12,4 +12,12 @@ def build_model(cfg: ModelConfig):
         from tinylm.models.gpt import GPT
 
         return GPT(cfg)
+    if cfg.family == "mlstm":
+        from tinylm.models.mlstm import MLSTM
+
+        return MLSTM(cfg)
+    if cfg.family == "bert":
+        from tinylm.models.bert import BERT
+
+        return BERT(cfg)
     raise ValueError(f"model.family={cfg.family!r} is not a model family; use one of {', '.join(FAMILIES)}")

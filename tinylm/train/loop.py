@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from tinylm import ops
@@ -26,6 +25,7 @@ from tinylm.errors import InputError
 from tinylm.models import build_model
 from tinylm.train.checkpoint import checkpoint_dirs, load_checkpoint, read_state, save_checkpoint
 from tinylm.train.metrics import MetricsLog, plot_loss_curve
+from tinylm.train.objectives import Objective, build_objective, causal_lm_loss, pseudo_log_likelihood  # noqa: F401
 from tinylm.train.optim import build_optimizer, lr_at
 from tinylm.utils import write_atomic, write_json_atomic
 
@@ -89,35 +89,30 @@ def check_model_config(ckpt: Path, requested: ModelConfig) -> None:
         raise InputError(f"checkpoint {ckpt} was trained with a different model ({shown}); drop those overrides or start a new run")
 
 
-def causal_lm_loss(model, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = model(input_ids)
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
-
-
 @torch.no_grad()
-def evaluate(model, batches: list[torch.Tensor], device: torch.device, autocast) -> float:
-    """Mean next-token cross-entropy (nats per token) over fixed dev windows."""
+def evaluate(model, objective: Objective, batches: list[torch.Tensor], autocast) -> dict[str, float]:
+    """The objective's dev losses (nats per scored token) over fixed dev windows: {"dev_loss": ...}."""
     model.eval()
-    total, count = 0.0, 0
-    for rows in batches:
-        rows = rows.to(device)
-        with autocast():
-            loss = causal_lm_loss(model, rows[:, :-1], rows[:, 1:])
-        total += loss.item() * rows[:, 1:].numel()
-        count += rows[:, 1:].numel()
+    out = objective.evaluate(model, batches, autocast)
     model.train()
-    return total / count
+    return out
 
 
 @torch.no_grad()
-def write_samples(model, data: PreparedData, prompts: list[str], n_tokens: int, seed: int, step: int, path: Path, device) -> None:
-    """Append one continuation per prompt to samples.txt (own RNG: the training stream is untouched)."""
+def write_samples(model, data: PreparedData, prompts: list[str], n_tokens: int, seed: int, step: int, path: Path, device,
+                  objective: Objective | None = None) -> None:
+    """Append one continuation per prompt to samples.txt (own RNG: the training stream is untouched).
+    A masked model (objective=mlm) cannot generate: its lines hold the prompts' pseudo-log-likelihoods."""
     model.eval()
     tok = data.tokenizer
     generator = torch.Generator(device=device).manual_seed(seed)
     lines = [f"## step {step}"]
     for prompt in prompts:
         ids = torch.tensor([[tok.bos_id, *tok.encode([prompt])[0]]], device=device)
+        if objective is not None and not objective.generates:
+            pll, n = pseudo_log_likelihood(model, ids[0].tolist())
+            lines.append(f"{prompt} >>> PLL {pll:.2f} nats over {n} tokens ({pll / max(n, 1):.3f} per token)")
+            continue
         out = model.generate(ids, n_tokens, temperature=0.8, top_k=50, eos_id=tok.eos_id, generator=generator)
         new = [i for i in out[0, ids.shape[1] :].tolist() if i != tok.eos_id]
         lines.append(f"{prompt} >>> {tok.decode(new)}")
@@ -151,6 +146,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     except ValueError as e:
         raise InputError(str(e)) from None
     optimizer = build_optimizer(model, cfg.optim)
+    objective = build_objective(cfg.objective, model, model_cfg.vocab_size, tc.steps, tc.seed, device, data.tokenizer)
     try:
         loader = TokenLoader(data.train.tokens, tc.seq_len, tc.batch_size, tc.seed, data.tokenizer.word_start_table())
         dev_batches = fixed_windows(data.dev.tokens, tc.seq_len, tc.eval_batches, tc.batch_size)
@@ -162,6 +158,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         state = load_checkpoint(resume_ckpt, model, optimizer)
         step, tokens_seen, words_seen = state["step"], state["tokens_seen"], state["words_seen"]
         loader.load_state_dict(state["loader"])
+        if "objective" in state:
+            objective.load_state_dict(state["objective"])
         print(f"resuming from {resume_ckpt} (step {step})")
 
     # From here on the run directory is written.
@@ -187,6 +185,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     def checkpoint() -> None:
         save_checkpoint(run_dir, step, model, optimizer, {
             "tokens_seen": tokens_seen, "words_seen": words_seen, "loader": loader.state_dict(),
+            "objective": objective.state_dict(),
             "model_config": asdict(model_cfg), "data": {k: data.report[k] for k in ("corpus_hash", "tokenizer", "shards")},
         }, keep=tc.keep_checkpoints)
 
@@ -202,13 +201,15 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         lr = lr_at(step, tc.steps, cfg.optim)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss_sum = 0.0
+        loss_sum, stat_sums = 0.0, {}
         for _ in range(tc.grad_accum):
             batch = loader.next_batch()
             with autocast():
-                loss = causal_lm_loss(train_model, batch.input_ids.to(device), batch.targets.to(device))
+                loss, stats = objective.train_loss(train_model, batch.input_ids, batch.targets, step)
             (loss / tc.grad_accum).backward()
             loss_sum += loss.item()
+            for k, v in stats.items():
+                stat_sums[k] = stat_sums.get(k, 0.0) + v
             words_seen += batch.words
         loss_value = loss_sum / tc.grad_accum
         if not math.isfinite(loss_value):
@@ -229,20 +230,24 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             tokens_per_s = interval_tokens / max(now - interval_start, 1e-9)
             row = {"step": step, "tokens_seen": tokens_seen, "words_seen": words_seen, "loss": loss_value,
                    "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tokens_per_s}
+            row.update({k: v / tc.grad_accum for k, v in stat_sums.items()})
             if peak:
                 row["mfu"] = flops_per_step / tokens_per_step * tokens_per_s / peak
             if step % tc.eval_every == 0 or step == tc.steps:
-                dev_loss = evaluate(train_model, dev_batches, device, autocast)
-                row["dev_loss"] = dev_loss
+                dev = evaluate(train_model, objective, dev_batches, autocast)
+                dev_loss = dev["dev_loss"]
+                row.update(dev)
             metrics.log(row)
             if progress is not None:
                 progress.set_postfix(loss=f"{loss_value:.3f}", dev=f"{dev_loss:.3f}" if dev_loss else "-", tok_s=f"{tokens_per_s:,.0f}")
             interval_start, interval_tokens = time.perf_counter(), 0
         elif step % tc.eval_every == 0:
-            dev_loss = evaluate(train_model, dev_batches, device, autocast)
-            metrics.log({"step": step, "tokens_seen": tokens_seen, "words_seen": words_seen, "dev_loss": dev_loss})
+            dev = evaluate(train_model, objective, dev_batches, autocast)
+            dev_loss = dev["dev_loss"]
+            metrics.log({"step": step, "tokens_seen": tokens_seen, "words_seen": words_seen, **dev})
         if tc.sample_every and step % tc.sample_every == 0 and step != tc.steps:
-            write_samples(model, data, list(tc.sample_prompts), tc.sample_tokens, tc.seed, step, run_dir / "samples.txt", device)
+            write_samples(model, data, list(tc.sample_prompts), tc.sample_tokens, tc.seed, step, run_dir / "samples.txt", device,
+                          objective)
         if step % tc.ckpt_every == 0 or step == tc.steps:
             checkpoint()
         if progress is not None:
@@ -252,8 +257,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
 
     elapsed = time.perf_counter() - run_start
     if dev_loss is None:  # resumed at the final step
-        dev_loss = evaluate(train_model, dev_batches, device, autocast)
-    write_samples(model, data, list(tc.sample_prompts), tc.sample_tokens, tc.seed, step, run_dir / "samples.txt", device)
+        dev_loss = evaluate(train_model, objective, dev_batches, autocast)["dev_loss"]
+    write_samples(model, data, list(tc.sample_prompts), tc.sample_tokens, tc.seed, step, run_dir / "samples.txt", device,
+                  objective)
     metrics.close()
     summary = {
         "run_dir": str(run_dir), "steps": step, "tokens_seen": tokens_seen, "words_seen": words_seen,

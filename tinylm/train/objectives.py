@@ -1,0 +1,487 @@
+"""Training objectives: what loss a batch of token windows gives (`objective=clm|mlm|hybrid|distill`).
+
+- clm:     next-token cross-entropy (GPT, mLSTM; a BERT is run with causal=True).
+- mlm:     masked language modelling (BERT): token or span masking of the non-special tokens, optional
+           80/10/10 replacement, a linear mask-rate schedule, adaptive masking; the chosen tokens are
+           predicted at their own positions.
+- hybrid:  GPT-BERT (Charpentier & Samuel 2024): a share of the rows (or of the steps) trained
+           causally, the rest masked with token k predicted at position k - 1 (masked next-token
+           prediction, MNTP), so causal and masked training share the one next-token head.
+- distill: clm plus knowledge distillation from an ensemble of teachers (Baby Llama, Timiryasov &
+           Tastet 2023). Teachers also work with mlm and hybrid (`objective.teachers`).
+
+Randomness: every draw (positions, replacements, span lengths) comes from the objective's own CPU
+torch.Generator, never from the global RNG; its state (and the adaptive-masking loss EMA) is part of
+`state_dict()`, which the training loop stores in every checkpoint, so a resumed run masks exactly
+as the uninterrupted one. Masks are drawn on the CPU (the loader's batches live there) and moved to
+the device with the inputs. Dev losses mask from a fixed seed at `mask_rate_end`, uniformly (no
+adaptive weights), so evaluations are comparable across a run and across runs.
+
+Special tokens (ids 0..6: pad, unk, bos, eos, <mask>, <cls>, <sep>; tinylm.data.tokenizer) are never
+chosen for masking and never drawn as random replacements.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from tinylm.config import ObjectiveConfig
+from tinylm.data.tokenizer import EXTRA_SPECIALS, MASK_ID, PAD_ID
+from tinylm.errors import InputError
+
+OBJECTIVES = ("clm", "mlm", "hybrid", "distill")
+MASKINGS = ("token", "span")
+HYBRID_MODES = ("rows", "steps")
+N_SPECIAL = 4 + len(EXTRA_SPECIALS)  # pad, unk, bos, eos, then the extra specials: ids 0..6
+IGNORE = -100  # cross-entropy target of unscored positions
+DEV_MASK_SEED = 20240917  # the fixed masking of every dev evaluation
+
+Stats = dict[str, float]
+
+
+# --------------------------------------------------------------------------------------------------
+# losses
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy (nats) over the targets that are not IGNORE; logits (..., V) in float32."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE)
+
+
+def causal_lm_loss(model, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy of a causal model (GPT, mLSTM): targets are input_ids shifted by one."""
+    return cross_entropy(model(input_ids), targets)
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: list[torch.Tensor], temperature: float) -> torch.Tensor:
+    """Hinton et al.'s soft-target loss for an ensemble: T^2 * KL(p_teachers || p_student), where
+    p_teachers is the mean of the teachers' softmax(z / T) (Baby Llama) and p_student softmax(s / T);
+    summed over the vocabulary, averaged over positions. Logits (N, V)."""
+    T = temperature
+    p_teacher = torch.stack([F.softmax(t.float() / T, dim=-1) for t in teacher_logits]).mean(dim=0)
+    log_p_student = F.log_softmax(student_logits.float() / T, dim=-1)
+    kl = (torch.special.xlogy(p_teacher, p_teacher) - p_teacher * log_p_student).sum(dim=-1)
+    return kl.mean() * T * T
+
+
+def mntp_targets(ids: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """Masked next-token prediction targets: the chosen token k (of the uncorrupted ids) is the target
+    at position k - 1; every other position is IGNORE. ids, chosen: (B, T)."""
+    targets = torch.full_like(ids, IGNORE)
+    targets[:, :-1] = torch.where(chosen[:, 1:], ids[:, 1:], IGNORE)
+    return targets
+
+
+# --------------------------------------------------------------------------------------------------
+# masking
+
+
+def _encode_tensor(t: torch.Tensor) -> dict:
+    t = t.detach().cpu().contiguous()
+    return {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape),
+            "data": base64.b64encode(t.view(torch.uint8).numpy().tobytes()).decode()}
+
+
+def _decode_tensor(d: dict) -> torch.Tensor:
+    raw = torch.frombuffer(bytearray(base64.b64decode(d["data"])), dtype=torch.uint8)
+    return raw.view(getattr(torch, d["dtype"])).reshape(d["shape"]).clone()
+
+
+class Masker:
+    """Chooses the positions to predict and corrupts them, from a generator passed in.
+
+    token: each row masks n = round(rate * m) of its m maskable tokens (stochastic rounding, so the
+           expected rate is exact), chosen by Gumbel-top-k on log weights: uniformly without weights;
+           with adaptive weights, in proportion to them (sampling without replacement), so the
+           number masked, and the mean rate, never change.
+    span:  the n tokens come in spans with lengths ~ Geometric(1 / span_mean) clipped to span_max (the
+           last one cut to fit), placed uniformly among the maskable tokens without touching each
+           other (a span may straddle a special token, which itself stays unmasked).
+    corrupt: a chosen token becomes <mask> with mask_token_prob, a random non-special token with
+           random_token_prob, and stays itself otherwise (BERT's 80/10/10).
+    """
+
+    def __init__(self, cfg: ObjectiveConfig, vocab_size: int):
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+
+    def choose(self, ids: torch.Tensor, rate: float, gen: torch.Generator, maskable: torch.Tensor | None = None,
+               weights: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) bool of the chosen positions. ids on the CPU; `maskable` narrows the candidates
+        further (hybrid: never position 0); `weights` (B, T) > 0 for adaptive token masking."""
+        can = ids >= N_SPECIAL
+        if maskable is not None:
+            can &= maskable
+        m = can.sum(dim=1)  # (B,)
+        n = torch.minimum((rate * m + torch.rand(m.shape, generator=gen)).floor().long(), m)  # stochastic rounding
+        if self.cfg.masking == "span":
+            return self._spans(can, n, gen)
+        u = torch.rand(ids.shape, generator=gen).clamp_(min=1e-20)
+        keys = -torch.log(-torch.log(u))  # Gumbel(0, 1)
+        if weights is not None:
+            keys = keys + weights.log()
+        keys = keys.masked_fill(~can, float("-inf"))
+        order = keys.argsort(dim=1, descending=True)
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(ids.shape[1]).expand_as(order))
+        return rank < n[:, None]
+
+    def span_lengths(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """Span lengths summing to n: geometric(1 / span_mean) clipped to span_max, the last cut."""
+        if n == 0:
+            return torch.zeros(0, dtype=torch.long)
+        p = 1.0 / self.cfg.span_mean
+        u = torch.rand(n, generator=gen, dtype=torch.float64).clamp_(min=1e-300)
+        if p >= 1.0:
+            lengths = torch.ones(n, dtype=torch.long)
+        else:  # inverse CDF of P(L = l) = (1 - p)^(l - 1) p, l >= 1
+            lengths = 1 + (u.log() / math.log(1 - p)).floor().long()
+        lengths = lengths.clamp_(1, self.cfg.span_max)
+        ends = lengths.cumsum(0)
+        k = int((ends < n).sum()) + 1  # spans needed to reach n (each is >= 1, so k <= n)
+        lengths = lengths[:k].clone()
+        lengths[-1] -= int(ends[k - 1]) - n
+        return lengths
+
+    def _spans(self, can: torch.Tensor, n: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        chosen = torch.zeros_like(can)
+        for b in range(can.shape[0]):
+            positions = can[b].nonzero().squeeze(1)  # the row's maskable positions, in order
+            n_b = int(n[b])
+            lengths = self.span_lengths(n_b, gen)
+            if n_b == 0:
+                continue
+            free = len(positions) - n_b  # unmasked maskable tokens: n_b spans need distinct gaps among free + 1
+            while len(lengths) > free + 1:  # (only at very high rates) join the last two spans
+                lengths = torch.cat([lengths[:-2], lengths[-2:].sum(0, keepdim=True)])
+            gaps = torch.randperm(free + 1, generator=gen)[: len(lengths)].sort().values
+            # span j covers maskable positions gaps[j] + (tokens in spans before j) + 0 .. lengths[j] - 1
+            idx = torch.repeat_interleave(gaps, lengths) + torch.arange(n_b)
+            chosen[b, positions[idx]] = True
+        return chosen
+
+    def corrupt(self, ids: torch.Tensor, chosen: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """The model input: chosen tokens replaced by <mask>, a random token, or kept."""
+        u = torch.rand(ids.shape, generator=gen)
+        random_ids = torch.randint(N_SPECIAL, self.vocab_size, ids.shape, generator=gen)
+        p_mask, p_rand = self.cfg.mask_token_prob, self.cfg.random_token_prob
+        out = torch.where(chosen & (u < p_mask), torch.full_like(ids, MASK_ID), ids)
+        return torch.where(chosen & (u >= p_mask) & (u < p_mask + p_rand), random_ids, out)
+
+
+# --------------------------------------------------------------------------------------------------
+# objectives
+
+
+class Objective:
+    """Base: holds the generator, the schedule and the teachers; subclasses define the losses.
+
+    train_loss(model, input_ids, targets, step) -> (loss, stats)   input_ids, targets: (B, T) on the CPU
+    evaluate(model, batches, autocast) -> {"dev_loss": ..., ...}     batches: (B, T + 1) dev windows
+    """
+
+    name = "clm"
+    generates = True  # samples.txt: generations (else pseudo-log-likelihoods of the prompts)
+
+    def __init__(self, cfg: ObjectiveConfig, model, vocab_size: int, total_steps: int, seed: int,
+                 device: torch.device, teachers: list | None = None):
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        self.total_steps = total_steps
+        self.device = device
+        self.model_is_causal = bool(getattr(model, "causal", True))
+        self.generator = torch.Generator().manual_seed(seed)
+        self.masker = Masker(cfg, vocab_size)
+        self.teachers = teachers or []
+        self.loss_ema = torch.full((vocab_size,), math.log(vocab_size)) if cfg.adaptive else None
+
+    # -- model calls -------------------------------------------------------------------------------
+
+    @staticmethod
+    def run_causal(model, input_ids: torch.Tensor, model_is_causal: bool) -> torch.Tensor:
+        return model(input_ids) if model_is_causal else model(input_ids, causal=True)
+
+    def _teacher_logits(self, input_ids: torch.Tensor, causal: bool) -> list[torch.Tensor]:
+        with torch.no_grad():
+            return [self.run_causal(t, input_ids, t.causal) if causal else t(input_ids) for t in self.teachers]
+
+    def _with_teachers(self, hard: torch.Tensor, logits: torch.Tensor, input_ids: torch.Tensor, targets: torch.Tensor,
+                       causal: bool, stats: Stats, prefix: str = "") -> torch.Tensor:
+        """alpha * hard + (1 - alpha) * soft, the soft loss over the positions that have targets."""
+        if not self.teachers:
+            return hard
+        scored = targets != IGNORE
+        teacher = [t[scored] for t in self._teacher_logits(input_ids, causal)]
+        soft = distillation_loss(logits[scored], teacher, self.cfg.distill_temperature) if bool(scored.any()) else hard * 0
+        stats[f"{prefix}hard_loss"] = hard.item()
+        stats[f"{prefix}distill_loss"] = soft.item()
+        return self.cfg.distill_alpha * hard + (1 - self.cfg.distill_alpha) * soft
+
+    # -- masking -----------------------------------------------------------------------------------
+
+    def mask_rate(self, step: int) -> float:
+        """Linear from mask_rate_start at step 0 to mask_rate_end at the last step."""
+        progress = min(1.0, step / max(1, self.total_steps - 1))
+        return self.cfg.mask_rate_start + (self.cfg.mask_rate_end - self.cfg.mask_rate_start) * progress
+
+    def _mask(self, ids: torch.Tensor, rate: float, gen: torch.Generator, shifted: bool, adaptive: bool):
+        """(corrupted input, targets, chosen) on the CPU; targets at k (mlm) or k - 1 (shifted, MNTP)."""
+        maskable = None
+        if shifted:  # position 0 has no position before it to be predicted at
+            maskable = torch.ones_like(ids, dtype=torch.bool)
+            maskable[:, 0] = False
+        weights = self.loss_ema[ids].clamp(min=1e-6) if adaptive and self.loss_ema is not None else None
+        chosen = self.masker.choose(ids, rate, gen, maskable, weights)
+        inputs = self.masker.corrupt(ids, chosen, gen)
+        targets = mntp_targets(ids, chosen) if shifted else torch.where(chosen, ids, IGNORE)
+        return inputs, targets, chosen
+
+    def _masked_loss(self, model, ids: torch.Tensor, rate: float, gen: torch.Generator, shifted: bool,
+                     adaptive: bool, stats: Stats, prefix: str = "") -> torch.Tensor:
+        inputs, targets, chosen = self._mask(ids, rate, gen, shifted, adaptive)
+        inputs, targets = inputs.to(self.device), targets.to(self.device)
+        logits = model(inputs)
+        per_token = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
+                                    ignore_index=IGNORE, reduction="none")
+        scored = targets.reshape(-1) != IGNORE
+        hard = per_token.sum() / scored.sum().clamp(min=1)
+        if adaptive and self.loss_ema is not None:
+            self._update_ema(targets.reshape(-1)[scored].cpu(), per_token[scored].detach().float().cpu())
+        candidates = (ids >= N_SPECIAL)[:, 1:] if shifted else ids >= N_SPECIAL
+        stats[f"{prefix}mask_rate"] = float(chosen.sum()) / max(1, int(candidates.sum()))
+        return self._with_teachers(hard, logits, inputs, targets, causal=False, stats=stats, prefix=prefix)
+
+    @torch.no_grad()
+    def _update_ema(self, ids: torch.Tensor, losses: torch.Tensor) -> None:
+        """loss_ema[id] <- decay * loss_ema[id] + (1 - decay) * (this batch's mean loss of id)."""
+        counts = torch.bincount(ids, minlength=self.vocab_size)
+        sums = torch.bincount(ids, weights=losses.double(), minlength=self.vocab_size)
+        seen = counts > 0
+        d = self.cfg.adaptive_decay
+        self.loss_ema[seen] = (d * self.loss_ema[seen].double() + (1 - d) * sums[seen] / counts[seen]).float()
+
+    def _dev_masked(self, model, batches, autocast: Callable, shifted: bool) -> float:
+        gen = torch.Generator().manual_seed(DEV_MASK_SEED)
+        total, count = 0.0, 0
+        for rows in batches:
+            ids = rows[:, :-1]
+            inputs, targets, _ = self._mask(ids, self.cfg.mask_rate_end, gen, shifted, adaptive=False)
+            targets = targets.to(self.device)
+            with autocast():
+                logits = model(inputs.to(self.device))
+            n = int((targets != IGNORE).sum())
+            if n:
+                total += cross_entropy(logits, targets).item() * n
+                count += n
+        return total / max(count, 1)
+
+    def _dev_causal(self, model, batches, autocast: Callable) -> float:
+        total, count = 0.0, 0
+        for rows in batches:
+            rows = rows.to(self.device)
+            with autocast():
+                loss = cross_entropy(self.run_causal(model, rows[:, :-1], self.model_is_causal), rows[:, 1:])
+            total += loss.item() * rows[:, 1:].numel()
+            count += rows[:, 1:].numel()
+        return total / count
+
+    # -- the interface -----------------------------------------------------------------------------
+
+    def _clm_loss(self, model, input_ids, targets, stats: Stats, prefix: str = "") -> torch.Tensor:
+        input_ids, targets = input_ids.to(self.device), targets.to(self.device)
+        logits = self.run_causal(model, input_ids, self.model_is_causal)
+        hard = cross_entropy(logits, targets)
+        return self._with_teachers(hard, logits, input_ids, targets, causal=True, stats=stats, prefix=prefix)
+
+    def train_loss(self, model, input_ids: torch.Tensor, targets: torch.Tensor, step: int) -> tuple[torch.Tensor, Stats]:
+        stats: Stats = {}
+        return self._clm_loss(model, input_ids, targets, stats), stats
+
+    @torch.no_grad()
+    def evaluate(self, model, batches: list[torch.Tensor], autocast: Callable) -> dict[str, float]:
+        return {"dev_loss": self._dev_causal(model, batches, autocast)}
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable: the generator state and the adaptive loss EMA (base64 bytes)."""
+        state = {"name": self.name, "generator": _encode_tensor(self.generator.get_state())}
+        if self.loss_ema is not None:
+            state["loss_ema"] = _encode_tensor(self.loss_ema)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(_decode_tensor(state["generator"]))
+        if self.loss_ema is not None and "loss_ema" in state:
+            self.loss_ema = _decode_tensor(state["loss_ema"])
+
+
+class CLM(Objective):
+    name = "clm"
+
+
+class Distill(CLM):
+    name = "distill"
+
+
+class MLM(Objective):
+    name = "mlm"
+    generates = False
+
+    def train_loss(self, model, input_ids, targets, step):
+        stats: Stats = {}
+        loss = self._masked_loss(model, input_ids, self.mask_rate(step), self.generator, shifted=False,
+                                 adaptive=self.cfg.adaptive, stats=stats)
+        return loss, stats
+
+    @torch.no_grad()
+    def evaluate(self, model, batches, autocast):
+        return {"dev_loss": self._dev_masked(model, batches, autocast, shifted=False)}
+
+
+class Hybrid(Objective):
+    """GPT-BERT: causal rows (next token) and masked rows (MNTP) in one model."""
+
+    name = "hybrid"
+
+    def causal_rows(self, batch_size: int) -> int:
+        return round(self.cfg.causal_share * batch_size)
+
+    def causal_step(self, step: int) -> bool:
+        """steps mode: step s is causal when floor((s + 1) * share) > floor(s * share), so exactly
+        floor(N * share) of the first N steps are causal, spread evenly (share 0.5 alternates)."""
+        share = self.cfg.causal_share
+        return math.floor((step + 1) * share) > math.floor(step * share)
+
+    def train_loss(self, model, input_ids, targets, step):
+        stats: Stats = {}
+        rate = self.mask_rate(step)
+        if self.cfg.hybrid_mode == "steps":
+            if self.causal_step(step):
+                loss = self._clm_loss(model, input_ids, targets, stats)
+                stats.update(clm_loss=loss.item(), causal_share=1.0)
+            else:
+                loss = self._masked_loss(model, input_ids, rate, self.generator, True, self.cfg.adaptive, stats)
+                stats.update(mntp_loss=loss.item(), causal_share=0.0)
+            return loss, stats
+        B = input_ids.shape[0]
+        n_c = self.causal_rows(B)
+        parts = []
+        if n_c > 0:
+            clm = self._clm_loss(model, input_ids[:n_c], targets[:n_c], stats, prefix="clm_")
+            stats["clm_loss"] = clm.item()
+            parts.append(clm * (n_c / B))
+        if n_c < B:
+            mntp = self._masked_loss(model, input_ids[n_c:], rate, self.generator, True, self.cfg.adaptive, stats)
+            stats["mntp_loss"] = mntp.item()
+            parts.append(mntp * ((B - n_c) / B))
+        stats["causal_share"] = n_c / B
+        return sum(parts), stats
+
+    @torch.no_grad()
+    def evaluate(self, model, batches, autocast):
+        return {"dev_loss": self._dev_causal(model, batches, autocast),
+                "dev_mntp_loss": self._dev_masked(model, batches, autocast, shifted=True)}
+
+
+CLASSES = {"clm": CLM, "mlm": MLM, "hybrid": Hybrid, "distill": Distill}
+
+
+# --------------------------------------------------------------------------------------------------
+# building, with every check of the config
+
+
+def check_config(cfg: ObjectiveConfig, model_is_causal: bool) -> None:
+    if cfg.name not in OBJECTIVES:
+        raise InputError(f"objective.name={cfg.name!r} is not an objective; use one of {', '.join(OBJECTIVES)}")
+    if cfg.name == "mlm" and model_is_causal:
+        raise InputError("objective=mlm needs a bidirectional model; use model=bert_tiny (or another bert_*)")
+    if cfg.name == "hybrid" and model_is_causal:
+        raise InputError("objective=hybrid trains one model both causally and bidirectionally; use model=bert_*")
+    if cfg.name in ("mlm", "hybrid"):
+        for key in ("mask_rate_start", "mask_rate_end"):
+            if not 0.0 < getattr(cfg, key) < 1.0:
+                raise InputError(f"objective.{key}={getattr(cfg, key)} must be in (0, 1)")
+        if cfg.masking not in MASKINGS:
+            raise InputError(f"objective.masking={cfg.masking!r} is not a masking; use one of {', '.join(MASKINGS)}")
+        if cfg.mask_token_prob < 0 or cfg.random_token_prob < 0 or cfg.mask_token_prob + cfg.random_token_prob > 1:
+            raise InputError("objective.mask_token_prob and objective.random_token_prob must be >= 0 and sum to at most 1")
+        if cfg.masking == "span" and (cfg.span_mean < 1 or cfg.span_max < 1):
+            raise InputError("objective.span_mean and objective.span_max must be >= 1")
+        if cfg.adaptive and cfg.masking != "token":
+            raise InputError("objective.adaptive=true weights single tokens; use it with objective.masking=token")
+        if not 0.0 <= cfg.adaptive_decay < 1.0:
+            raise InputError(f"objective.adaptive_decay={cfg.adaptive_decay} must be in [0, 1)")
+    if cfg.name == "hybrid":
+        if not 0.0 <= cfg.causal_share <= 1.0:
+            raise InputError(f"objective.causal_share={cfg.causal_share} must be in [0, 1]")
+        if cfg.hybrid_mode not in HYBRID_MODES:
+            raise InputError(f"objective.hybrid_mode={cfg.hybrid_mode!r} is not a mode; use one of {', '.join(HYBRID_MODES)}")
+    if cfg.name == "distill" and not cfg.teachers:
+        raise InputError("objective=distill needs teachers: objective.teachers=[runs/teacher_a,...] (tinylm run directories)")
+    if cfg.teachers:
+        if cfg.distill_temperature <= 0:
+            raise InputError(f"objective.distill_temperature={cfg.distill_temperature} must be > 0")
+        if not 0.0 <= cfg.distill_alpha <= 1.0:
+            raise InputError(f"objective.distill_alpha={cfg.distill_alpha} must be in [0, 1]")
+
+
+def load_teachers(cfg: ObjectiveConfig, vocab_size: int, tokenizer, device: torch.device) -> list:
+    """The teacher models (eval mode, frozen) of objective.teachers, checked against the student."""
+    from tinylm.train.checkpoint import load_trained
+
+    teachers = []
+    for path in cfg.teachers:
+        if not Path(path).exists():
+            raise InputError(f"objective.teachers: {path} does not exist; give tinylm run directories or checkpoint folders")
+        model, teacher_tok, _ = load_trained(path, device)
+        if model.cfg.vocab_size != vocab_size:
+            raise InputError(f"objective.teachers: {path} has a vocabulary of {model.cfg.vocab_size} tokens, the student "
+                             f"{vocab_size}; teachers must be trained with the student's tokenizer")
+        if tokenizer is not None and any(
+            teacher_tok.sp.id_to_piece(i) != tokenizer.sp.id_to_piece(i) for i in range(vocab_size)
+        ):
+            raise InputError(f"objective.teachers: {path} uses a different tokenizer (same size, other pieces); teachers "
+                             "must be trained on the same corpus with the same tokenizer settings")
+        if cfg.name == "mlm" and model.causal:
+            raise InputError(f"objective.teachers: {path} is a causal model ({model.cfg.family}); objective=mlm needs "
+                             "bidirectional (bert) teachers")
+        if cfg.name == "hybrid" and model.causal:
+            raise InputError(f"objective.teachers: {path} is a causal model ({model.cfg.family}); objective=hybrid "
+                             "needs bert teachers (they are run both ways)")
+        model.requires_grad_(False)
+        teachers.append(model)
+    return teachers
+
+
+def build_objective(cfg: ObjectiveConfig, model, vocab_size: int, total_steps: int, seed: int,
+                    device: torch.device, tokenizer=None) -> Objective:
+    model_is_causal = bool(getattr(model, "causal", True))
+    check_config(cfg, model_is_causal)
+    teachers = load_teachers(cfg, vocab_size, tokenizer, device) if cfg.teachers else []
+    return CLASSES[cfg.name](cfg, model, vocab_size, total_steps, seed, device, teachers)
+
+
+# --------------------------------------------------------------------------------------------------
+# pseudo-log-likelihood (samples.txt of masked models)
+
+
+@torch.no_grad()
+def pseudo_log_likelihood(model, ids: list[int], shifted: bool = False, mask_id: int = MASK_ID) -> tuple[float, int]:
+    """Salazar et al.'s PLL of one text: the sum over tokens 1..n-1 (token 0 is <bos>) of
+    log p(token k | the text with token k masked), read at position k, or k - 1 for MNTP models.
+    Returns (sum in nats, tokens scored)."""
+    device = next(model.parameters()).device
+    n = len(ids)
+    if n < 2:
+        return 0.0, 0
+    x = torch.tensor(ids, device=device)
+    k = torch.arange(1, n, device=device)
+    rows = x.repeat(n - 1, 1)
+    rows[torch.arange(n - 1, device=device), k] = mask_id
+    logp = model(rows, key_padding_mask=rows != PAD_ID).float().log_softmax(dim=-1)  # (n-1, n, V)
+    read = k - 1 if shifted else k
+    return float(logp[torch.arange(n - 1, device=device), read, x[k]].sum()), n - 1
