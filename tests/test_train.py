@@ -136,3 +136,15 @@ def test_gradient_accumulation_matches_one_large_batch(tmp_path, cache_dir):
     for ra, rb in zip(a, b):
         assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5)
         assert ra["grad_norm"] == pytest.approx(rb["grad_norm"], rel=1e-4)
+
+
+def test_checkpoint_from_before_a_new_model_field_still_resumes(tmp_path, cache_dir):
+    """Fields added to ModelConfig later are missing from older checkpoints: they take defaults."""
+    run_dir = tmp_path / "run"
+    pretrain(smoke_config(run_dir, cache_dir, "train.steps=4"))
+    ckpt = checkpoint_dirs(run_dir)[-1]
+    state = json.loads((ckpt / "state.json").read_text())
+    del state["model_config"]["init_std"]
+    (ckpt / "state.json").write_text(json.dumps(state))
+    summary = pretrain(smoke_config(run_dir, cache_dir, "train.steps=8", "train.resume=auto"))
+    assert summary["steps"] == 8

@@ -82,8 +82,9 @@ def find_resume_checkpoint(resume: str, run_dir: Path) -> Path | None:
 
 
 def check_model_config(ckpt: Path, requested: ModelConfig) -> None:
-    saved = read_state(ckpt)["model_config"]
-    diff = {k: (saved.get(k), v) for k, v in asdict(requested).items() if saved.get(k) != v}
+    # Keys a checkpoint lacks were added to ModelConfig later: they count as their defaults.
+    saved = asdict(ModelConfig()) | read_state(ckpt)["model_config"]
+    diff = {k: (saved[k], v) for k, v in asdict(requested).items() if saved[k] != v}
     if diff:
         shown = ", ".join(f"model.{k}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in sorted(diff.items()))
         raise InputError(f"checkpoint {ckpt} was trained with a different model ({shown}); drop those overrides or start a new run")
