@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from tinylm import ops
 from tinylm.config import ModelConfig
-from tinylm.models.layers import LayerNorm, decay_groups
+from tinylm.models.layers import LayerNorm, decay_groups, sample_next_token
 
 NORMS = ("pre", "post")
 POSITIONS = ("relative", "rotary")
@@ -261,14 +261,7 @@ class BERT(nn.Module):
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         for _ in range(max_new_tokens):
             logits = self(input_ids[:, -self.cfg.max_seq_len :], causal=True)[:, -1, :].float()  # (B, V)
-            if temperature <= 0:
-                next_id = logits.argmax(dim=-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                next_id = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+            next_id = sample_next_token(logits, temperature, top_k, generator)
             input_ids = torch.cat([input_ids, next_id], dim=1)
             if eos_id is not None:
                 done |= next_id.squeeze(1) == eos_id

@@ -9,10 +9,9 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from tinylm.config import ModelConfig
-from tinylm.models.layers import MLP, LayerNorm, SelfAttention, decay_groups
+from tinylm.models.layers import LayerNorm, MLP, SelfAttention, decay_groups, sample_next_token
 
 
 class Block(nn.Module):
@@ -112,15 +111,7 @@ class GPT(nn.Module):
         for _ in range(max_new_tokens):
             context = input_ids[:, -self.cfg.max_seq_len :]
             logits = self(context)[:, -1, :].float()  # (B, V)
-            if temperature <= 0:
-                next_id = logits.argmax(dim=-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                probs = F.softmax(logits, dim=-1)
-                next_id = torch.multinomial(probs, 1, generator=generator)
+            next_id = sample_next_token(logits, temperature, top_k, generator)
             input_ids = torch.cat([input_ids, next_id], dim=1)
             if eos_id is not None:
                 done |= next_id.squeeze(1) == eos_id

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from tinylm import ops
 from tinylm.config import ModelConfig
-from tinylm.models.layers import MLP, LayerNorm, decay_groups
+from tinylm.models.layers import LayerNorm, MLP, decay_groups, sample_next_token
 
 FORMS = ("parallel", "chunkwise", "recurrent")
 FORGET_GATES = ("sigmoid", "exp")
@@ -524,14 +524,7 @@ class MLSTM(nn.Module):
         logits, state = self._run(input_ids, form="chunkwise", want_state=True)
         for step in range(max_new_tokens):
             logits = logits[:, -1, :].float()  # (B, V)
-            if temperature <= 0:
-                next_id = logits.argmax(dim=-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                next_id = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+            next_id = sample_next_token(logits, temperature, top_k, generator)
             input_ids = torch.cat([input_ids, next_id], dim=1)
             if eos_id is not None:
                 done |= next_id.squeeze(1) == eos_id
