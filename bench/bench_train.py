@@ -1,13 +1,15 @@
-"""Training throughput of tinylm's GPT against a plain PyTorch GPT of the same shape, same process.
+"""Training throughput of tinylm's models against plain PyTorch models of the same shape, same process.
 
-    python bench/bench_train.py                 # CUDA: 124M and ~30M shapes; CPU: the default tiny shape
-    python bench/bench_train.py --shapes tiny --steps 20
+    python bench/bench_train.py                       # CUDA: GPT at 124M and ~30M, BERT and mLSTM at ~30M
+    python bench/bench_train.py --families gpt --shapes tiny --steps 20
 
-On CUDA it compares, at each shape, bf16 autocast + torch.compile everywhere:
-  - tinylm GPT with kernels=triton  vs  the plain GPT (nn.LayerNorm + F.scaled_dot_product_attention)
-  - tinylm GPT with kernels=triton  vs  tinylm GPT with kernels=torch
-and prints tokens/s, MFU and the ratios. On CPU (no compile, fp32) it compares tinylm against the
-plain GPT at the default tiny shape. A table goes to stdout and to bench/results/.
+On CUDA, everything in bf16 autocast + torch.compile, at each (family, shape):
+  - tinylm with kernels=triton  vs  the plain model (nn.LayerNorm + F.scaled_dot_product_attention;
+    causal for gpt, bidirectional for bert; for mlstm the plain GPT of the same width and depth,
+    the transformer it would replace)
+  - tinylm with kernels=triton  vs  tinylm with kernels=torch
+and prints tokens/s, MFU and the ratios. On CPU (no compile, fp32) it compares tinylm[torch]
+against the plain model at the tiny shape. A table goes to stdout and to bench/results/.
 """
 
 from __future__ import annotations
@@ -38,9 +40,9 @@ SHAPES = {  # name: (n_layer, n_head, d_model, seq_len, batch, vocab)
 class PlainBlock(nn.Module):
     """The textbook pre-LN block: what a user would write without tinylm."""
 
-    def __init__(self, d: int, h: int):
+    def __init__(self, d: int, h: int, causal: bool = True):
         super().__init__()
-        self.h = h
+        self.h, self.causal = h, causal
         self.ln1, self.ln2 = nn.LayerNorm(d, bias=False), nn.LayerNorm(d, bias=False)
         self.qkv, self.proj = nn.Linear(d, 3 * d, bias=False), nn.Linear(d, d, bias=False)
         self.fc, self.fc_proj = nn.Linear(d, 4 * d, bias=False), nn.Linear(4 * d, d, bias=False)
@@ -49,18 +51,25 @@ class PlainBlock(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(self.ln1(x)).split(C, dim=2)
         q, k, v = (t.view(B, T, self.h, C // self.h).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal).transpose(1, 2).reshape(B, T, C)
         x = x + self.proj(y)
         return x + self.fc_proj(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
 
 
 class PlainGPT(nn.Module):
-    def __init__(self, n_layer, n_head, d, max_len, vocab):
+    """Plain GPT (causal) or, with causal=False, the plain bidirectional encoder of the same shape."""
+
+    def __init__(self, n_layer, n_head, d, max_len, vocab, causal: bool = True):
         super().__init__()
         self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(max_len, d)
-        self.blocks = nn.ModuleList(PlainBlock(d, n_head) for _ in range(n_layer))
+        self.blocks = nn.ModuleList(PlainBlock(d, n_head, causal) for _ in range(n_layer))
         self.ln, self.head = nn.LayerNorm(d, bias=False), nn.Linear(d, vocab, bias=False)
         self.head.weight = self.tok.weight
+        # nanoGPT's N(0, 0.02) initialisation, as tinylm's: PyTorch's default N(0, 1) embedding
+        # gives huge tied logits whose softmax underflows into denormals, which are very slow on CPUs.
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=0.02)
 
     def forward(self, idx):
         x = self.tok(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device))
@@ -101,7 +110,9 @@ def measure(model, shape, device, steps: int, warmup: int, compile_: bool, autoc
 def main() -> int:
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shapes", default="124m,30m" if cuda else "tiny")
+    p.add_argument("--families", default="gpt,bert,mlstm")
+    p.add_argument("--shapes", default=None, help="comma list of " + ",".join(SHAPES) +
+                   " (default on CUDA: 124m,30m for gpt and 30m for the others; on CPU: tiny)")
     p.add_argument("--steps", type=int, default=30 if cuda else 10)
     p.add_argument("--warmup", type=int, default=5 if cuda else 2)
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best round counts")
@@ -111,10 +122,15 @@ def main() -> int:
     card = torch.cuda.get_device_name() if cuda else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     peak = peak_flops(device)
     rows = []
-    for name in args.shapes.split(","):
+    def shapes_of(family: str) -> list[str]:
+        if args.shapes:
+            return args.shapes.split(",")
+        return (["124m", "30m"] if family == "gpt" else ["30m"]) if cuda else ["tiny"]
+
+    for family, name in [(f, s) for f in args.families.split(",") for s in shapes_of(f)]:
         shape = SHAPES[name]
         n_layer, n_head, d, T, B, V = shape
-        cfg = ModelConfig(vocab_size=V, n_layer=n_layer, n_head=n_head, d_model=d, max_seq_len=T)
+        cfg = ModelConfig(family=family, vocab_size=V, n_layer=n_layer, n_head=n_head, d_model=d, max_seq_len=T)
         results = {}
         variants = {"plain": None, "tinylm[torch]": "torch"}
         if cuda:
@@ -126,7 +142,7 @@ def main() -> int:
             for label, backend in variants.items():
                 torch.manual_seed(0)
                 if backend is None:
-                    model = PlainGPT(n_layer, n_head, d, T, V)
+                    model = PlainGPT(n_layer, n_head, d, T, V, causal=family != "bert")
                 else:
                     ops.set_default_backend(backend)
                     model = build_model(cfg)
@@ -139,8 +155,8 @@ def main() -> int:
         best = "tinylm[triton]" if cuda else "tinylm[torch]"
         for label, tps in results.items():
             mfu = f"{flops_tok * tps / peak:.1%}" if peak else "-"
-            rows.append((name, label, f"{tps:,.0f}", mfu, f"{results[best] / tps:.2f}x" if label != best else "1.00x"))
-    header = ("shape", "variant", "tokens/s", "MFU", f"{'tinylm[triton]' if cuda else 'tinylm[torch]'} / variant")
+            rows.append((family, name, label, f"{tps:,.0f}", mfu, f"{results[best] / tps:.2f}x" if label != best else "1.00x"))
+    header = ("family", "shape", "variant", "tokens/s", "MFU", f"{'tinylm[triton]' if cuda else 'tinylm[torch]'} / variant")
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     fmt = " | ".join(f"{{:{w}}}" for w in widths)
     table = "\n".join([fmt.format(*header), "-+-".join("-" * w for w in widths), *(fmt.format(*r) for r in rows)])
