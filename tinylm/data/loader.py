@@ -34,6 +34,12 @@ class TokenLoader:
                 f"the training split has {len(tokens)} tokens: fewer than one batch of "
                 f"{batch_size} x {seq_len + 1}; lower train.batch_size or train.seq_len, or add data"
             )
+        # Window w is tokens[w * seq_len : w * seq_len + seq_len + 1]: a read-only strided view
+        # (no copy, works on a memmap), so a batch is one fancy-indexing gather.
+        itemsize = tokens.dtype.itemsize
+        self._windows = np.lib.stride_tricks.as_strided(
+            tokens, shape=(self.n_windows, seq_len + 1), strides=(seq_len * itemsize, itemsize), writeable=False
+        )
         self.epoch = 0
         self.cursor = 0  # windows of this epoch already served
         self._order = self._epoch_order(0)
@@ -55,10 +61,10 @@ class TokenLoader:
         if self.cursor + self.batch_size > self.n_windows:  # drop the ragged tail of the epoch
             self.epoch, self.cursor = self.epoch + 1, 0
             self._order = self._epoch_order(self.epoch)
-        starts = self._order[self.cursor : self.cursor + self.batch_size].numpy() * self.seq_len
+        picks = self._order[self.cursor : self.cursor + self.batch_size].numpy()
         self.cursor += self.batch_size
-        rows = np.stack([self.tokens[s : s + self.seq_len + 1] for s in starts]).astype(np.int64)
-        words = int(self.word_start[rows[:, 1:]].sum())
+        rows = self._windows[picks].astype(np.int64)
+        words = int(np.count_nonzero(self.word_start[rows[:, 1:]]))
         rows = torch.from_numpy(rows)
         return Batch(rows[:, :-1], rows[:, 1:], words)
 

@@ -5,8 +5,10 @@ Special tokens have fixed ids in every tinylm tokenizer, so models and objective
 
 from __future__ import annotations
 
+import io
 import os
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -51,54 +53,77 @@ class Tokenizer:
         )
 
 
-def _training_sentences(texts: list[str]):
+def training_sentences(texts: Iterable[str]) -> Iterator[str]:
+    """Lines of `texts`, long ones cut at a space below sentencepiece's byte limit (nothing is
+    silently dropped). Positions, not slices of the rest, so a 50 MB line costs linear time."""
+    limit = _MAX_SENTENCE_BYTES // 4
     for text in texts:
         for line in text.splitlines():
             line = line.strip()
-            while line:
-                # Cut at a space near the byte limit so no training text is silently dropped.
-                cut = line[: _MAX_SENTENCE_BYTES // 4]
-                if len(cut) < len(line) and " " in cut:
-                    cut = cut[: cut.rfind(" ")]
-                yield cut
-                line = line[len(cut) :].strip()
+            pos, n = 0, len(line)
+            while pos < n:
+                end = pos + limit
+                if end < n:
+                    space = line.rfind(" ", pos, end)
+                    if space > pos:
+                        end = space
+                else:
+                    end = n
+                yield line[pos:end]
+                pos = end
+                while pos < n and line[pos].isspace():
+                    pos += 1
 
 
-def train_tokenizer(texts: list[str], cfg: TokenizerConfig, cache_dir: str | Path, corpus_hash: str) -> Tokenizer:
-    """Train (or load from the cache) a tokenizer on `texts`, keyed by the corpus hash and options."""
+def train_sentencepiece(texts: Iterable[str], cfg: TokenizerConfig, out_file: Path) -> None:
+    """Train a sentencepiece model on `texts` (streamed) and write it to `out_file`.
+
+    The model is written through `model_writer`, so its bytes do not depend on the output path: the
+    same texts and options give an identical file. Beyond tokenizer.max_sentences sentences,
+    sentencepiece samples with its generator seeded to 0 (not the clock); prepare_data caps the text
+    at tokenizer.max_train_chars before that, by a stable hash of the document index."""
     if cfg.model_type not in ("bpe", "unigram"):
         raise InputError(f"tokenizer.model_type={cfg.model_type!r} is not supported; use bpe or unigram")
+    writer = io.BytesIO()
+    if hasattr(spm, "set_random_generator_seed"):
+        spm.set_random_generator_seed(0)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=training_sentences(texts),
+            model_writer=writer,
+            model_type=cfg.model_type,
+            vocab_size=cfg.vocab_size,
+            byte_fallback=cfg.byte_fallback,
+            character_coverage=cfg.character_coverage,
+            pad_id=PAD_ID,
+            unk_id=UNK_ID,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            user_defined_symbols=list(EXTRA_SPECIALS),
+            input_sentence_size=cfg.max_sentences,
+            shuffle_input_sentence=True,
+            max_sentence_length=_MAX_SENTENCE_BYTES,
+            num_threads=os.cpu_count() or 1,
+            minloglevel=2,
+        )
+    except RuntimeError as e:
+        # sentencepiece says e.g. "Vocabulary size too high (4096). Please set it to a value <= 3599."
+        found = re.search(r"Vocabulary size (too high|is smaller than required_chars)[^\n]*", str(e))
+        if found:
+            raise InputError(
+                f"tokenizer.vocab_size={cfg.vocab_size} does not fit this corpus ({found.group(0).strip()}); "
+                "choose a tokenizer.vocab_size in that range"
+            ) from None
+        raise
+    out_file.write_bytes(writer.getvalue())
+
+
+def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, cache_dir: str | Path, corpus_hash: str) -> Tokenizer:
+    """Train (or load from the cache) a tokenizer on `texts`, keyed by the corpus hash and options."""
     key = sha256_of("tokenizer-v1", corpus_hash, asdict(cfg))[:16]
     final = Path(cache_dir) / "tokenizers" / key
     if (final / "tokenizer.model").exists():
         return Tokenizer(final / "tokenizer.model")
     with atomic_dir(final) as tmp:
-        try:
-            spm.SentencePieceTrainer.train(
-                sentence_iterator=_training_sentences(texts),
-                model_prefix=str(tmp / "tokenizer"),
-                model_type=cfg.model_type,
-                vocab_size=cfg.vocab_size,
-                byte_fallback=cfg.byte_fallback,
-                character_coverage=cfg.character_coverage,
-                pad_id=PAD_ID,
-                unk_id=UNK_ID,
-                bos_id=BOS_ID,
-                eos_id=EOS_ID,
-                user_defined_symbols=list(EXTRA_SPECIALS),
-                input_sentence_size=cfg.max_sentences,
-                shuffle_input_sentence=True,
-                max_sentence_length=_MAX_SENTENCE_BYTES,
-                num_threads=os.cpu_count() or 1,
-                minloglevel=2,
-            )
-        except RuntimeError as e:
-            # sentencepiece says e.g. "Vocabulary size too high (4096). Please set it to a value <= 3599."
-            found = re.search(r"Vocabulary size (too high|is smaller than required_chars)[^\n]*", str(e))
-            if found:
-                raise InputError(
-                    f"tokenizer.vocab_size={cfg.vocab_size} does not fit this corpus ({found.group(0).strip()}); "
-                    "choose a tokenizer.vocab_size in that range"
-                ) from None
-            raise
+        train_sentencepiece(texts, cfg, tmp / "tokenizer.model")
     return Tokenizer(final / "tokenizer.model")
