@@ -12,7 +12,7 @@ TORCH  := torch==2.13.0
 TRITON := $(if $(filter Linux,$(shell uname -s)),triton==3.7.1,)
 
 .DEFAULT_GOAL := help
-.PHONY: help install pretrain sweep eval export test test-gpu bench bench-kernels clean
+.PHONY: help install pretrain sweep eval export package test test-gpu bench bench-kernels clean data tokenizer
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -28,6 +28,12 @@ $(STAMP): pyproject.toml Makefile
 pretrain: $(STAMP)  ## train (default: tiny GPT on the embedded corpus); ARGS="model.n_layer=4 optim.lr=1e-3"
 	$(PY) -m tinylm.pretrain $(ARGS)
 
+data: $(STAMP)  ## clean, budget, tokenize, shard; ARGS="data=babylm data.root=DIR data.budget_words=N data.out_dir=DIR"
+	$(PY) -m tinylm.prepare_data $(ARGS)
+
+tokenizer: $(STAMP)  ## train only the tokenizer of a corpus (same ARGS as make data)
+	$(PY) -m tinylm.prepare_data tokenizer_only=true $(ARGS)
+
 sweep: $(STAMP)  ## Hydra multirun, jobs one after another; ARGS="optim.lr=1e-3,3e-3"
 	$(PY) -m tinylm.pretrain --multirun $(ARGS)
 
@@ -36,6 +42,9 @@ eval: $(STAMP)  ## zero-shot minimal pairs + dev perplexity; ARGS="ckpt=RUN_DIR 
 
 export: $(STAMP)  ## Hugging Face folder (trust_remote_code); ARGS="ckpt=RUN_DIR out=DIR"
 	$(PY) -m tinylm.export $(ARGS)
+
+package: $(STAMP)  ## BabyLM submission (final model + milestone revisions, card, compliance); ARGS="run=RUN_DIR out=DIR"
+	$(PY) -m tinylm.package $(ARGS)
 
 test: $(STAMP)  ## the whole pytest suite (CPU; Triton kernels under the interpreter)
 	$(PY) -m pytest -q $(ARGS)

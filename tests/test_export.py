@@ -1,6 +1,6 @@
 """HF export: the folder loads offline through the Auto classes with trust_remote_code, its logits
 equal the native model's, its tokenizer's ids equal sentencepiece's, and padding side does not
-change a sentence's score."""
+change a sentence's score; for every family (GPT, BERT, GPT-BERT, mLSTM) and architecture option."""
 
 import ast
 import json
@@ -51,16 +51,20 @@ def native(run_dir):
 
 
 def test_folder_layout_and_self_contained_code(exported):
+    from tinylm.export.hf import TEMPLATES
+
     names = {p.name for p in exported.iterdir()}
-    assert {"config.json", "configuration_tinylm.py", "modeling_tinylm.py", "model.safetensors",
-            "tokenizer.json", "tokenizer_config.json"} <= names
-    for name in ("configuration_tinylm.py", "modeling_tinylm.py"):
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", *TEMPLATES} <= names
+    modules = {name[:-3] for name in TEMPLATES}
+    for name in TEMPLATES:
         tree = ast.parse((exported / name).read_text())
         absolute = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         absolute |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
         assert absolute <= {"torch", "transformers", "math"}, (name, absolute)
         relative = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level > 0}
-        assert relative == ({"configuration_tinylm"} if name == "modeling_tinylm.py" else set())
+        assert relative <= modules - {name[:-3]}, (name, relative)
+        if name == "modeling_tinylm.py":  # transformers copies what the entry module imports, recursively
+            assert relative == modules - {"modeling_tinylm"}
     config = json.loads((exported / "config.json").read_text())
     assert config["model_type"] == "tinylm" and config["family"] == "gpt"
     assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM"}
@@ -174,3 +178,129 @@ def test_python_m_tinylm_export(run_dir, tmp_path):
     assert f"exported {run_dir} to {out}" in result.stdout
     report = json.loads((out / "tinylm_export.json").read_text())
     assert report["step"] == 8 and report["checks"]["max_abs_logit_diff"] < 1e-4
+
+
+# --------------------------------------------------------------------------------------------------
+# every family: BERT (mlm), GPT-BERT (bert + hybrid), mLSTM
+
+FAMILY_RUNS = {
+    "bert_mlm": (("model=bert_tiny", "objective=mlm"), {"AutoModelForMaskedLM"}),
+    "bert_hybrid": (("model=bert_tiny", "objective=hybrid"), {"AutoModelForMaskedLM", "AutoModelForCausalLM"}),
+    "mlstm": (("model=mlstm_tiny",), {"AutoModelForCausalLM"}),
+}
+
+
+@pytest.fixture(scope="module", params=list(FAMILY_RUNS))
+def family_export(request, tmp_path_factory, cache_dir):
+    from tinylm.export.hf import export_hf
+    from tinylm.train.checkpoint import load_trained
+    from tinylm.train.loop import pretrain
+
+    torch.set_num_threads(1)
+    run = tmp_path_factory.mktemp(f"export-{request.param}") / "run"
+    pretrain(smoke_config(run, cache_dir, "train.steps=2", "train.threads=1", "train.milestones=false",
+                          *FAMILY_RUNS[request.param][0]))
+    out = export_hf(run, run / "hf", check=True)  # the export's own check: every head vs the native model
+    return request.param, out, load_trained(run)
+
+
+def _padded_logits(model, tok, sentences, side):
+    tok.padding_side = side
+    batch = tok(sentences, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        logits = model(**batch).logits
+    real = batch["attention_mask"].bool()
+    return [logits[i][real[i]] for i in range(len(sentences))]
+
+
+def test_every_family_exports_loads_and_matches_the_native_model(family_export):
+    from transformers import AutoModelForMaskedLM
+
+    name, out, (native, sp_tok, state) = family_export
+    config = json.loads((out / "config.json").read_text())
+    heads = FAMILY_RUNS[name][1]
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel"} | heads
+    assert json.loads((out / "tinylm_export.json").read_text())["checks"]["max_abs_logit_diff"] < 1e-4
+    cfg = AutoConfig.from_pretrained(out, trust_remote_code=True)
+    assert cfg.hidden_size == state["model_config"]["d_model"] and cfg.family == state["model_config"]["family"]
+    ids = torch.randint(7, sp_tok.vocab_size, (2, 40))
+    body = AutoModel.from_pretrained(out, trust_remote_code=True).eval()
+    with torch.no_grad():
+        assert body(input_ids=ids).last_hidden_state.shape == (2, 40, cfg.hidden_size)
+    tok = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
+    encoded = tok("The dog.")["input_ids"]
+    masked = "AutoModelForMaskedLM" in heads
+    assert encoded == [2, *sp_tok.encode(["The dog."])[0], *([3] if masked else [])]
+    sentences = ["The dog ran.", "Where is the little ball that the cat found yesterday?", "Hi!"]
+    for head, auto in (("AutoModelForCausalLM", AutoModelForCausalLM), ("AutoModelForMaskedLM", AutoModelForMaskedLM)):
+        if head not in heads:
+            continue
+        model = auto.from_pretrained(out, trust_remote_code=True).eval()
+        kwargs = {"causal": True} if head == "AutoModelForCausalLM" and not native.causal else {}
+        with torch.no_grad():
+            want, got = native(ids, **kwargs), model(input_ids=ids).logits
+        assert (want - got).abs().max().item() < 1e-4, head
+        # attention_mask honoured: a sentence's logits do not depend on padding side or batch mates
+        alone = [_padded_logits(model, tok, [s], "right")[0] for s in sentences]
+        for side in ("right", "left"):
+            for a, b in zip(alone, _padded_logits(model, tok, sentences, side)):
+                torch.testing.assert_close(b, a, atol=1e-4, rtol=0)
+        with torch.no_grad():  # ... and equal the native model on the unpadded ids
+            first = tok(sentences[1], return_tensors="pt")["input_ids"]
+            torch.testing.assert_close(alone[1], native(first, **kwargs)[0], atol=1e-4, rtol=0)
+        if head == "AutoModelForCausalLM":  # generate() works without a cache
+            assert model.generate(first, max_new_tokens=3, do_sample=False).shape == (1, first.shape[1] + 3)
+
+
+def test_hf_config_takes_every_model_config_field():
+    import inspect
+    from dataclasses import fields
+
+    from tinylm.config import ModelConfig
+    from tinylm.export.configuration_tinylm import TinyLMConfig
+
+    params = inspect.signature(TinyLMConfig.__init__).parameters
+    assert {f.name for f in fields(ModelConfig)} <= set(params)
+    assert all(params[f.name].default == f.default for f in fields(ModelConfig) if f.name != "vocab_size")
+
+
+VARIANTS = {  # architecture options the trained runs above do not cover, native vs HF on random weights
+    "bert_rotary_post_noelc_bias": (dict(family="bert", bert_positions="rotary", bert_norm="post", bert_elc=False, bias=True), "hybrid"),
+    "bert_relative_clm": (dict(family="bert", tie_embeddings=False), "clm"),
+    "mlstm_swa_exp_dense": (dict(family="mlstm", n_layer=4, mlstm_swa_every=2, mlstm_swa_window=5, mlstm_forget_gate="exp",
+                                 mlstm_qkv_blocksize=0, mlstm_chunk_size=8), "clm"),
+    "gpt_bias_untied": (dict(family="gpt", bias=True, tie_embeddings=False, d_ff=48), "clm"),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_family_variants_match_the_native_model_with_padding(variant):
+    from dataclasses import asdict
+
+    from tinylm.config import ModelConfig
+    from tinylm.export.hf import heads_of, to_hf_model
+    from tinylm.models import build_model
+
+    kw, objective = VARIANTS[variant]
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=97, max_seq_len=40, n_head=2, d_model=32, **{"n_layer": 2, **kw})
+    native = build_model(cfg).eval()
+    with torch.no_grad():
+        for p in native.parameters():  # away from the initialisation (zero biases, unit ELC weights)
+            p.add_(torch.randn_like(p) * 0.05)
+    ids = torch.randint(7, 97, (3, 23))
+    mask = torch.ones(3, 27, dtype=torch.long)
+    left, right = mask.clone(), mask.clone()
+    left[:, :4], right[:, -4:] = 0, 0
+    for head in heads_of(cfg.family, objective):
+        hf = to_hf_model(native, asdict(cfg), objective, head)
+        kwargs = {"causal": True} if head == "causal" and cfg.family == "bert" else {}
+        with torch.no_grad():
+            want = native(ids, **kwargs)
+            torch.testing.assert_close(hf(input_ids=ids).logits, want, atol=1e-4, rtol=0)
+            padded = torch.cat([torch.zeros(3, 4, dtype=torch.long), ids], 1)
+            torch.testing.assert_close(hf(input_ids=padded, attention_mask=left).logits[:, 4:], want, atol=1e-4, rtol=0)
+            padded = torch.cat([ids, torch.zeros(3, 4, dtype=torch.long)], 1)
+            torch.testing.assert_close(hf(input_ids=padded, attention_mask=right).logits[:, :23], want, atol=1e-4, rtol=0)
+            hidden = hf.model(input_ids=ids).last_hidden_state
+        assert hidden.shape == (3, 23, 32)

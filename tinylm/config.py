@@ -96,7 +96,7 @@ class TokenizerConfig:
     byte_fallback: bool = True
     character_coverage: float = 1.0
     max_sentences: int = 2_000_000  # sentences sentencepiece keeps (seeded sampling beyond that)
-    max_train_chars: int = 100_000_000  # train-split characters the tokenizer sees (a stable sample beyond that)
+    max_train_chars: int = 100_000_000  # train-split text (UTF-8 bytes) the tokenizer sees; beyond it a stable 1-in-k document sample
 
 
 @dataclass
@@ -142,6 +142,8 @@ class TrainConfig:
         default_factory=lambda: ["Once upon a time", "The little dog", "Where is the ball?"]
     )
     progress: bool = True  # tqdm progress bar
+    milestones: bool = True  # light checkpoints at 1M..10M, 20M..100M, 200M..1B words seen (RUN_DIR/milestones/)
+    milestone_unit_words: int = 1_000_000  # words per "M" of the milestones (tests scale it down)
 
 
 @dataclass

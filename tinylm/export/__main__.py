@@ -1,5 +1,6 @@
 """`python -m tinylm.export ckpt=RUN_DIR out=DIR`: write a Hugging Face folder that loads offline
-with `trust_remote_code=True` (AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer).
+with `trust_remote_code=True` (AutoConfig, AutoModel, AutoModelForCausalLM and/or AutoModelForMaskedLM,
+AutoTokenizer / AutoProcessor), for every model family.
 
     python -m tinylm.export ckpt=runs/a out=runs/a/hf
     python -m tinylm.export ckpt=runs/a/checkpoints/step_00000600 out=/tmp/hf dtype=bfloat16 overwrite=true

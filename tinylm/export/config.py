@@ -10,7 +10,7 @@ from omegaconf import MISSING
 
 @dataclass
 class ExportConfig:
-    ckpt: str = MISSING  # a run directory (its newest checkpoint) or a checkpoints/step_* folder
+    ckpt: str = MISSING  # a run directory (its newest checkpoint), a checkpoints/step_* or a milestones/chck_*M folder
     out: Optional[str] = None  # the HF folder to write; default <run dir>/hf/
     dtype: str = "float32"  # float32 | bfloat16 | float16: the stored weights
     check: bool = True  # load the folder back through transformers and compare ids and logits

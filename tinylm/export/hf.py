@@ -1,9 +1,10 @@
 """Export a trained tinylm run as a Hugging Face folder that loads offline with trust_remote_code.
 
     out/
-      config.json               TinyLMConfig: the checkpoint's ModelConfig + special ids + auto_map
+      config.json               TinyLMConfig: the checkpoint's ModelConfig + objective + special ids + auto_map
       configuration_tinylm.py   copied from this package; imports only transformers
-      modeling_tinylm.py        copied from this package; imports only torch and transformers
+      modeling_tinylm.py        copied from this package; imports only torch and transformers, and
+      modeling_tinylm_*.py      its siblings (layers, gpt, bert, mlstm) relatively
       model.safetensors         the weights (tied head stored once)
       generation_config.json    bos / eos / pad ids
       tokenizer.json, tokenizer_config.json, special_tokens_map.json
@@ -18,6 +19,15 @@ the unigram scores) with byte fallback, and the user-defined symbols (<mask>, <c
 as sentencepiece emits them. Special tokens in the text are not parsed (`split_special_tokens`), as
 sentencepiece does not parse them either. Every export checks id parity on sample texts and logits
 parity against the native model before it is moved into place.
+
+Every family exports (`auto_map`, by family and by the run's objective from RUN_DIR/config.yaml):
+    gpt, mlstm                      AutoModel, AutoModelForCausalLM
+    bert trained with mlm           AutoModel (bidirectional), AutoModelForMaskedLM
+    bert trained with hybrid        AutoModel (bidirectional), AutoModelForMaskedLM (bidirectional,
+                                    MNTP), AutoModelForCausalLM (causal): GPT-BERT
+    bert trained with clm/distill   AutoModel (causal), AutoModelForCausalLM
+The tokenizer adds <s> in front for the causal ones and <s> ... </s> around the text when the
+model is a masked one (mlm, hybrid), as tinylm lays documents out in its shards.
 """
 
 from __future__ import annotations
@@ -36,14 +46,46 @@ from tinylm.errors import InputError
 from tinylm.utils import atomic_dir
 
 TEMPLATE_DIR = Path(__file__).resolve().parent
-TEMPLATES = ("configuration_tinylm.py", "modeling_tinylm.py")
-AUTO_MAP = {
-    "gpt": {
-        "AutoConfig": "configuration_tinylm.TinyLMConfig",
-        "AutoModel": "modeling_tinylm.TinyLMModel",
-        "AutoModelForCausalLM": "modeling_tinylm.TinyLMForCausalLM",
-    },
-}
+TEMPLATES = ("configuration_tinylm.py", "modeling_tinylm.py", "modeling_tinylm_layers.py", "modeling_tinylm_gpt.py",
+             "modeling_tinylm_bert.py", "modeling_tinylm_mlstm.py")
+FAMILIES = ("gpt", "bert", "mlstm")
+OBJECTIVES = ("clm", "mlm", "hybrid", "distill")
+HEAD_CLASS = {"causal": "TinyLMForCausalLM", "masked": "TinyLMForMaskedLM"}
+CAUSAL_LM = "modeling_tinylm.TinyLMForCausalLM"
+MASKED_LM = "modeling_tinylm.TinyLMForMaskedLM"
+
+
+def heads_of(family: str, objective: str) -> list[str]:
+    """The head classes an export offers: causal LM and/or masked LM (see the module docstring)."""
+    if family != "bert":
+        return ["causal"]
+    if objective == "hybrid":
+        return ["causal", "masked"]
+    return ["masked"] if objective == "mlm" else ["causal"]
+
+
+def auto_map(family: str, objective: str) -> dict[str, str]:
+    out = {"AutoConfig": "configuration_tinylm.TinyLMConfig", "AutoModel": "modeling_tinylm.TinyLMModel"}
+    heads = heads_of(family, objective)
+    if "causal" in heads:
+        out["AutoModelForCausalLM"] = CAUSAL_LM
+    if "masked" in heads:
+        out["AutoModelForMaskedLM"] = MASKED_LM
+    return out
+
+
+def run_objective(run_dir: Path, family: str) -> str:
+    """The objective a run trained with: objective.name of its newest resolved config (config.yaml,
+    or the config.resumed_at_N.yaml of its latest resume); clm (mlm for bert) when none is there."""
+    configs = sorted(run_dir.glob("config.resumed_at_*.yaml"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
+    configs = configs[-1:] or [run_dir / "config.yaml"]
+    if configs[0].exists():
+        from omegaconf import OmegaConf
+
+        name = OmegaConf.select(OmegaConf.load(configs[0]), "objective.name")
+        if name:
+            return str(name)
+    return "mlm" if family == "bert" else "clm"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Texts every export checks for id parity (whitespace runs, newlines, tabs, digits, accents,
 # ligatures, emoji, special-token look-alikes).
@@ -146,8 +188,9 @@ def build_backend_tokenizer(model_file: str | Path):
     return tok
 
 
-def build_fast_tokenizer(model_file: str | Path, max_len: int, family: str = "gpt"):
-    """The transformers fast tokenizer of a tinylm sentencepiece model; GPT adds BOS in front."""
+def build_fast_tokenizer(model_file: str | Path, max_len: int, family: str = "gpt", masked: bool | None = None):
+    """The transformers fast tokenizer of a tinylm sentencepiece model: BOS in front for a causal
+    model; BOS ... EOS for a masked one (masked=None: a bert is masked)."""
     from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
 
@@ -157,10 +200,10 @@ def build_fast_tokenizer(model_file: str | Path, max_len: int, family: str = "gp
     proto = _load_proto(model_file)
     piece = [p.piece for p in proto.pieces]
     special = SpecialTokens(piece[PAD_ID], piece[UNK_ID], piece[BOS_ID], piece[EOS_ID], piece[MASK_ID], piece[CLS_ID], piece[SEP_ID])
-    if family == "gpt":
+    if not (family == "bert" if masked is None else masked):
         backend.post_processor = processors.TemplateProcessing(
             single=f"{special.bos} $A", pair=f"{special.bos} $A $B", special_tokens=[(special.bos, BOS_ID)])
-    else:  # masked families (planned): BOS ... EOS, as tinylm's shards lay documents out
+    else:  # masked models: BOS ... EOS, as tinylm's shards lay documents out
         backend.post_processor = processors.TemplateProcessing(
             single=f"{special.bos} $A {special.eos}", pair=f"{special.bos} $A {special.eos} $B {special.eos}",
             special_tokens=[(special.bos, BOS_ID), (special.eos, EOS_ID)])
@@ -172,8 +215,38 @@ def build_fast_tokenizer(model_file: str | Path, max_len: int, family: str = "gp
 
 
 def native_to_hf_state_dict(native: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """tinylm GPT names -> TinyLMForCausalLM names: the body under `model.`, `head` -> `lm_head`."""
-    return {("lm_head.weight" if k == "head.weight" else f"model.{k}"): v for k, v in native.items()}
+    """tinylm names -> TinyLMFor*LM names: the body under `model.`, `head` -> `lm_head`, and BERT's
+    head transform (`head_dense`, `head_ln`) at the top, as it is."""
+    out = {}
+    for k, v in native.items():
+        if k.startswith("head."):
+            out["lm_head." + k[len("head."):]] = v
+        elif k.startswith(("head_dense.", "head_ln.")):
+            out[k] = v
+        else:
+            out[f"model.{k}"] = v
+    return out
+
+
+def to_hf_model(native, model_config: dict[str, Any], objective: str, head: str | None = None):
+    """The transformers model (TinyLMForCausalLM or TinyLMForMaskedLM, eval mode) holding a native
+    model's weights. head: "causal" | "masked" | None (the export's first head)."""
+    from tinylm.data.tokenizer import BOS_ID, EOS_ID, MASK_ID, PAD_ID
+    from tinylm.export.configuration_tinylm import TinyLMConfig
+    from tinylm.export.modeling_tinylm import TinyLMForCausalLM, TinyLMForMaskedLM
+
+    heads = heads_of(model_config.get("family", "gpt"), objective)
+    head = head or heads[0]
+    config = TinyLMConfig(**model_config, objective=objective, pad_token_id=PAD_ID, bos_token_id=BOS_ID,
+                          eos_token_id=EOS_ID, mask_token_id=MASK_ID, architectures=[HEAD_CLASS[h] for h in heads])
+    hf_model = (TinyLMForCausalLM if head == "causal" else TinyLMForMaskedLM)(config).eval()
+    missing, unexpected = hf_model.load_state_dict(native_to_hf_state_dict(native.state_dict()), strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and model_config.get("tie_embeddings", True))]
+    if missing or unexpected:
+        raise RuntimeError(f"weights do not map onto the HF model: missing {missing}, unexpected {unexpected}")
+    if model_config.get("tie_embeddings", True):
+        hf_model.tie_weights()
+    return hf_model
 
 
 def id_parity(sp_tokenizer, hf_tokenizer, texts: list[str]) -> list[str]:
@@ -181,32 +254,40 @@ def id_parity(sp_tokenizer, hf_tokenizer, texts: list[str]) -> list[str]:
     return [t for t in texts if sp_tokenizer.encode([t])[0] != hf_tokenizer(t, add_special_tokens=False)["input_ids"]]
 
 
-def _check_export(folder: Path, native, sp_tokenizer, max_len: int, dtype: torch.dtype) -> dict[str, Any]:
-    """Load the folder back through transformers (trust_remote_code) and compare with the native model."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _check_export(folder: Path, native, sp_tokenizer, max_len: int, dtype: torch.dtype, heads: list[str]) -> dict[str, Any]:
+    """Load the folder back through transformers (trust_remote_code) and compare each head with the
+    native model run the same way (causally or bidirectionally)."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=True)
     bad = id_parity(sp_tokenizer, tok, PARITY_TEXTS)
     if bad:
         raise RuntimeError(f"exported tokenizer ids differ from sentencepiece on {bad[:3]!r}")
-    hf = AutoModelForCausalLM.from_pretrained(str(folder), trust_remote_code=True, dtype=torch.float32).eval()
     reference = copy.deepcopy(native).float()
     with torch.no_grad():
         for p in reference.parameters():  # a bf16/fp16 export is compared with the rounded weights
             p.copy_(p.to(dtype).float())
     ids = tok([t for t in PARITY_TEXTS if t], return_tensors="pt", padding=True, truncation=True, max_length=max_len)
-    with torch.no_grad():
-        want = reference(ids["input_ids"])
-        got = hf(input_ids=ids["input_ids"]).logits
-    diff = (want - got).abs().max().item()
-    if diff > 1e-4:
-        raise RuntimeError(f"exported model logits differ from the native model by {diff:.2e} (> 1e-4)")
-    return {"tokenizer_id_parity_texts": len(PARITY_TEXTS), "max_abs_logit_diff": diff}
+    diffs = {}
+    for head in heads:
+        auto = AutoModelForCausalLM if head == "causal" else AutoModelForMaskedLM
+        hf = auto.from_pretrained(str(folder), trust_remote_code=True, dtype=torch.float32).eval()
+        kwargs = {"causal": True} if head == "causal" and not getattr(reference, "causal", True) else {}
+        with torch.no_grad():
+            want = reference(ids["input_ids"], **kwargs)
+            got = hf(input_ids=ids["input_ids"]).logits
+        diffs[head] = (want - got).abs().max().item()
+        if diffs[head] > 1e-4:
+            raise RuntimeError(f"exported model logits ({auto.__name__}) differ from the native model by "
+                               f"{diffs[head]:.2e} (> 1e-4)")
+    return {"tokenizer_id_parity_texts": len(PARITY_TEXTS), "max_abs_logit_diff": max(diffs.values()),
+            "max_abs_logit_diff_per_head": diffs}
 
 
 def export_hf(ckpt: str | Path, out: str | Path | None = None, dtype: str = "float32", check: bool = True,
-              overwrite: bool = False) -> Path:
-    """Write the HF folder for a run directory (newest checkpoint) or a checkpoints/step_* folder."""
+              overwrite: bool = False, objective: str | None = None) -> Path:
+    """Write the HF folder for a run directory (newest checkpoint), a checkpoints/step_* folder or a
+    milestones/chck_*M folder. objective: None = the run's (RUN_DIR/config.yaml)."""
     from tinylm.train.checkpoint import load_trained
 
     if dtype not in DTYPES:
@@ -219,30 +300,21 @@ def export_hf(ckpt: str | Path, out: str | Path | None = None, dtype: str = "flo
     native, sp_tokenizer, state = load_trained(ckpt, "cpu")
     model_config = dict(state["model_config"])
     family = model_config.get("family", "gpt")
-    if family not in AUTO_MAP:
-        raise InputError(f"export of model family {family!r} is not implemented yet (implemented: {', '.join(AUTO_MAP)})")
-
-    from tinylm.data.tokenizer import BOS_ID, EOS_ID, MASK_ID, PAD_ID
-    from tinylm.export.configuration_tinylm import TinyLMConfig
-    from tinylm.export.modeling_tinylm import TinyLMForCausalLM
-
-    config = TinyLMConfig(**model_config, pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
-                          mask_token_id=MASK_ID, architectures=["TinyLMForCausalLM"])
-    hf_model = TinyLMForCausalLM(config).eval()
-    missing, unexpected = hf_model.load_state_dict(native_to_hf_state_dict(native.state_dict()), strict=False)
-    missing = [k for k in missing if not (k == "lm_head.weight" and model_config.get("tie_embeddings", True))]
-    if missing or unexpected:
-        raise RuntimeError(f"weights do not map onto the HF model: missing {missing}, unexpected {unexpected}")
-    if model_config.get("tie_embeddings", True):
-        hf_model.tie_weights()
-    hf_model.to(DTYPES[dtype])
-    tokenizer = build_fast_tokenizer(sp_tokenizer.model_file, model_config["max_seq_len"], family)
+    if family not in FAMILIES:
+        raise InputError(f"export of model family {family!r} is not implemented (implemented: {', '.join(FAMILIES)})")
+    objective = objective or run_objective(run_dir, family)
+    if objective not in OBJECTIVES:
+        raise InputError(f"objective {objective!r} is not a tinylm objective; use one of {', '.join(OBJECTIVES)}")
+    heads = heads_of(family, objective)
+    hf_model = to_hf_model(native, model_config, objective).to(DTYPES[dtype])
+    tokenizer = build_fast_tokenizer(sp_tokenizer.model_file, model_config["max_seq_len"], family,
+                                     masked="masked" in heads)
 
     with atomic_dir(out) as tmp:
         hf_model.save_pretrained(str(tmp))
         config_path = tmp / "config.json"
         saved = json.loads(config_path.read_text())
-        saved["auto_map"] = AUTO_MAP[family]
+        saved["auto_map"] = auto_map(family, objective)
         config_path.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
         for name in TEMPLATES:
             shutil.copyfile(TEMPLATE_DIR / name, tmp / name)
@@ -251,10 +323,13 @@ def export_hf(ckpt: str | Path, out: str | Path | None = None, dtype: str = "flo
         shutil.copyfile(sp_tokenizer.model_file, tmp / "sentencepiece.model")
         report: dict[str, Any] = {
             "source_checkpoint": str(ckpt), "step": state.get("step"), "tokens_seen": state.get("tokens_seen"),
-            "words_seen": state.get("words_seen"), "model_config": model_config, "dtype": dtype,
+            "words_seen": state.get("words_seen"), "model_config": model_config, "objective": objective,
+            "dtype": dtype, "heads": heads,
         }
+        if "milestone" in state:
+            report["milestone"] = state["milestone"]
         if check:
-            report["checks"] = _check_export(tmp, native, sp_tokenizer, model_config["max_seq_len"], DTYPES[dtype])
+            report["checks"] = _check_export(tmp, native, sp_tokenizer, model_config["max_seq_len"], DTYPES[dtype], heads)
         (tmp / "tinylm_export.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
         tmp.chmod(0o755)  # a folder to share or upload (temporary folders are created private)
         for f in tmp.iterdir():

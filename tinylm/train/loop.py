@@ -25,6 +25,7 @@ from tinylm.errors import InputError
 from tinylm.models import build_model
 from tinylm.train.checkpoint import checkpoint_dirs, load_checkpoint, read_state, save_checkpoint
 from tinylm.train.metrics import MetricsLog, plot_loss_curve
+from tinylm.train.milestones import MilestoneWriter
 from tinylm.train.objectives import Objective, build_objective, causal_lm_loss, pseudo_log_likelihood  # noqa: F401
 from tinylm.train.optim import build_optimizer, lr_at
 from tinylm.utils import write_atomic, write_json_atomic
@@ -162,6 +163,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         if "objective" in state:
             objective.load_state_dict(state["objective"])
         print(f"resuming from {resume_ckpt} (step {step})")
+    milestones = MilestoneWriter(run_dir, model, model_cfg, tc.milestones, tc.milestone_unit_words, words_seen, data.report,
+                                 data.tokenizer.model_file)
 
     # From here on the run directory is written.
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -223,6 +226,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         step += 1
         tokens_seen += tokens_per_step
         interval_tokens += tokens_per_step
+        milestones.update(step, tokens_seen, words_seen)  # before the checkpoint: a resume never skips one
 
         if step % tc.log_every == 0 or step == tc.steps:
             if device.type == "cuda":
