@@ -24,3 +24,4 @@ $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton
 timeout 240 $PY -m pytest -q -m gpu tests/kernels 2>&1 | tee "$OUT/gpu_tests.txt"
 timeout 240 $PY bench/bench_kernels.py --out "$OUT/kernels_gpu.md" 2>&1 | tee "$OUT/bench_kernels.log"
 timeout 240 $PY bench/bench_train.py --out "$OUT/train_gpu.md" 2>&1 | tee "$OUT/bench_train.log"
+timeout 150 $PY bench/bench_eval.py --out "$OUT/eval_gpu.md" 2>&1 | tee "$OUT/bench_eval.log"
