@@ -179,6 +179,34 @@ class LoggerConfig:
 
 
 @dataclass
+class CurriculumConfig:
+    """The order and shape of the training batches (tinylm/data/curriculum.py; conf/curriculum/*.yaml).
+    The parts compose: an order (source | age | difficulty) with pacing, a sequence-length schedule
+    or document-length buckets, and a vocabulary curriculum. name=none: the plain shuffled windows."""
+
+    name: str = "none"  # none | custom (any other name turns the curriculum below on)
+    order: str = "none"  # none | source | age | difficulty: documents sorted, windows drawn from the paced prefix
+    sources: list[str] = field(default_factory=lambda: [
+        "childes", "bnc_spoken", "switchboard", "open_subtitles", "simple_wiki", "gutenberg"])  # order=source: earliest first; others last
+    score: str = "surprisal"  # order=difficulty: length | surprisal | readability (easiest first)
+    pacing: str = "linear"  # linear | root | step: fraction of the sorted data available at progress p
+    start_fraction: float = 0.2  # available at p=0
+    end_progress: float = 0.8  # progress (share of train.steps) at which all data is available
+    pacing_steps: int = 4  # pacing=step: increments
+    mix: float = 0.0  # share of the rows drawn from the whole data (random mixing)
+    seq_lens: list[int] = field(default_factory=list)  # sequence-length stages (GrowLength); the last must be train.seq_len
+    seq_len_fractions: list[float] = field(default_factory=list)  # ... or as fractions of train.seq_len
+    seq_len_by: str = "step"  # step | words: what seq_len_boundaries count
+    seq_len_boundaries: list[int] = field(default_factory=list)  # where stages 2.. start; empty (by step): equal shares
+    buckets: bool = False  # Dataset Decomposition: sequences inside one document, power-of-two lengths
+    bucket_min_len: int = 8  # shortest bucket (tokens); shorter document remainders are dropped
+    vocab_start: int = 0  # vocabulary curriculum: the k most frequent ids kept at p=0 (0: off); the rest -> <unk>
+    vocab_pacing: str = "linear"  # linear | root | step: k grows to the whole vocabulary
+    vocab_end_progress: float = 0.8
+    vocab_targets: bool = True  # map the targets too (else only the inputs)
+
+
+@dataclass
 class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -187,6 +215,7 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     kernels: str = "auto"  # auto | triton | torch (see tinylm.ops)
     run_dir: str = MISSING  # set from hydra.run.dir / the sweep job dir in conf/pretrain.yaml
 

@@ -69,6 +69,24 @@ class TokenLoader:
         return Batch(rows[:, :-1], rows[:, 1:], words)
 
 
+def make_loader(shard, curriculum, seq_len: int, batch_size: int, seed: int, word_start: np.ndarray,
+                steps: int, grad_accum: int = 1):
+    """The training loader: TokenLoader when curriculum.name == "none" (unchanged), else a
+    tinylm.data.curriculum.CurriculumLoader (same interface)."""
+    if curriculum is None or curriculum.name == "none":
+        from dataclasses import asdict
+
+        default = type(curriculum)() if curriculum is not None else None
+        if curriculum is not None and asdict(curriculum) != asdict(default):
+            changed = sorted(k for k, v in asdict(curriculum).items() if v != asdict(default)[k])
+            raise ValueError(f"curriculum.name=none ignores curriculum.{', curriculum.'.join(changed)}; pick an option "
+                             "(curriculum=source|difficulty|seq_len|buckets|vocab) or set curriculum.name=custom")
+        return TokenLoader(shard.tokens, seq_len, batch_size, seed, word_start)
+    from tinylm.data.curriculum import CurriculumLoader
+
+    return CurriculumLoader(shard, curriculum, seq_len, batch_size, seed, word_start, steps, grad_accum)
+
+
 def fixed_windows(tokens: np.ndarray, seq_len: int, n_batches: int, batch_size: int) -> list[torch.Tensor]:
     """Evenly spaced (B, seq_len + 1) windows over a split: the same dev batches at every evaluation."""
     n_windows = (len(tokens) - 1) // seq_len

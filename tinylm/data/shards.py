@@ -12,6 +12,7 @@ nothing half-written):
                                 mean unigram surprisal of the document's tokens (nats, add-one
                                 unigram model of the train split), readability (ARI: 4.71 chars/word
                                 + 0.5 words/sentence - 21.43)
+    train.ages.npy (optional)   (n_docs,) float64 child age in months, NaN unknown (write_shards(ages=...))
     meta.json                   dtype, sources, column names, token / word / document counts
 
 Tokenization streams: documents are encoded in batches (sentencepiece's own threads), written as
@@ -50,6 +51,7 @@ class Shard:
     words: int
     features: np.ndarray | None = None  # (n_docs, 2): FEATURE_COLUMNS
     sources: list[str] = field(default_factory=list)  # source id -> name
+    ages: np.ndarray | None = None  # (n_docs,) float: child age in months (NaN: unknown), from <split>.ages.npy
 
 
 def token_dtype(vocab_size: int):
@@ -191,7 +193,7 @@ def unigram_loss_from_counts(counts: np.ndarray, path: Path, dtype, n_tokens: in
 
 
 def write_shards(folder: Path, splits: dict[str, Iterable[tuple[str, int, int]]], tok: Tokenizer,
-                 sources: list[str]) -> dict:
+                 sources: list[str], ages: dict[str, np.ndarray] | None = None) -> dict:
     """Tokenize each split's (text, source id, words) documents into `folder` (which must exist and
     be private to this build); returns meta (also written as meta.json, last). With a train and a
     dev split, meta["unigram_dev_loss"] is the add-one unigram baseline (train counts, dev targets)."""
@@ -217,6 +219,8 @@ def write_shards(folder: Path, splits: dict[str, Iterable[tuple[str, int, int]]]
         surprisal = mean_surprisal(folder / f"{name}.bin", dtype, indexes[name], neg_log_p)
         features = np.column_stack([surprisal, aris[name]]).astype(np.float32).reshape(-1, len(FEATURE_COLUMNS))
         np.save(folder / f"{name}.features.npy", features)
+    for name, values in (ages or {}).items():  # per-document ages (curriculum.order=age)
+        np.save(folder / f"{name}.ages.npy", np.asarray(values, dtype=np.float64))
     if "train" in splits and "dev" in splits and meta["splits"]["dev"]["tokens"] > 1:
         meta["unigram_dev_loss"] = unigram_loss_from_counts(counts["train"], folder / "dev.bin", dtype,
                                                             meta["splits"]["dev"]["tokens"])
@@ -252,10 +256,12 @@ def open_shard(folder: str | Path, split: str) -> Shard:
     folder = Path(folder)
     meta = json.loads((folder / "meta.json").read_text())
     features = folder / f"{split}.features.npy"
+    ages = folder / f"{split}.ages.npy"
     return Shard(
         tokens=_open_tokens(folder, split, meta),
         docs=np.load(folder / f"{split}.docs.npy"),
         words=meta["splits"][split]["words"],
         features=np.load(features) if features.exists() else None,
         sources=meta.get("sources", []),
+        ages=np.load(ages) if ages.exists() else None,
     )

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from tinylm import ops
 from tinylm.config import ModelConfig, PretrainConfig
-from tinylm.data.loader import TokenLoader, fixed_windows
+from tinylm.data.loader import fixed_windows, make_loader
 from tinylm.data.pipeline import PreparedData, prepare_data
 from tinylm.errors import InputError
 from tinylm.models import build_model
@@ -150,7 +150,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     optimizer = build_optimizer(model, cfg.optim)
     objective = build_objective(cfg.objective, model, model_cfg.vocab_size, tc.steps, tc.seed, device, data.tokenizer)
     try:
-        loader = TokenLoader(data.train.tokens, tc.seq_len, tc.batch_size, tc.seed, data.tokenizer.word_start_table())
+        loader = make_loader(data.train, cfg.curriculum, tc.seq_len, tc.batch_size, tc.seed, data.tokenizer.word_start_table(),
+                             tc.steps, tc.grad_accum)
         dev_batches = fixed_windows(data.dev.tokens, tc.seq_len, tc.eval_batches, tc.batch_size)
     except ValueError as e:
         raise InputError(str(e)) from None
