@@ -50,3 +50,12 @@ def test_cli_rejects_typo_before_running(tmp_path):
     assert result.returncode != 0
     assert "Key 'n_layr' not in 'ModelConfig'" in result.stderr
     assert not run_dir.exists()
+
+
+def test_family_shorthands_pick_sizes_and_objectives():
+    assert compose_pretrain("model=gpt", "run_dir=/tmp/x").model == compose_pretrain("model=gpt_tiny", "run_dir=/tmp/x").model
+    bert = compose_pretrain("model=bert", "run_dir=/tmp/x")
+    assert bert.model.family == "bert" and bert.objective.name == "mlm"  # an encoder trains masked by default
+    assert compose_pretrain("model=bert", "objective=hybrid", "run_dir=/tmp/x").objective.name == "hybrid"
+    mlstm = compose_pretrain("model=mlstm", "run_dir=/tmp/x")
+    assert mlstm.model.family == "mlstm" and mlstm.objective.name == "clm"
