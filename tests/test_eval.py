@@ -20,15 +20,6 @@ needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason="../shared/eval_
 BOS, PAD, MASK = 2, 0, 4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core CPU: one thread is several times faster than two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # --------------------------------------------------------------------------------------------------
 # stand-in models
 

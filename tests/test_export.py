@@ -19,14 +19,6 @@ CORPORA = SHARED / "corpora"
 SAMPLES = SHARED / "eval_samples"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, cache_dir):
     from tinylm.train.loop import pretrain

@@ -20,14 +20,6 @@ OVERRIDES = ("train.steps=12", "train.ckpt_every=4", "train.log_every=1", "train
              f"train.milestone_unit_words={UNIT}", "model.dropout=0.1")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_schedule_at_its_boundaries():
     assert MILESTONES == (*range(1, 11), *range(20, 101, 10), *range(200, 1001, 100)) and len(MILESTONES) == 28
     assert crossed(0, M - 1) == []

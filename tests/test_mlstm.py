@@ -58,18 +58,6 @@ def naive_cell(q, k, v, i_pre, f_pre, forget):
     return torch.stack(hs, 2)
 
 
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: these tests run many small ops, which on a busy 2-core machine are
-    ~20x slower with two OpenMP threads waiting on each other than with one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ----------------------------------------------------------------------------------------------
 # the cell
 

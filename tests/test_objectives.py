@@ -270,15 +270,6 @@ def families():
     return out
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models run ~10x faster on one thread than on two contended ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("family,objective", families(), ids=[f"{f}-{o}" for f, o in families()])
 def test_every_family_overfits_one_batch(family, objective, one_thread):
     """One fixed batch: 4 rows, each 4 distinct tokens (16 distinct in all) repeated to 17 tokens.

@@ -22,14 +22,6 @@ from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoProcess
 UNIT = 100  # words per "M": ~50 words per step, so 8 steps pass chck_1M .. chck_4M
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _train(run, cache_dir, *overrides):
     from tinylm.train.loop import pretrain
 
