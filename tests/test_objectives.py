@@ -273,13 +273,19 @@ def families():
 @pytest.mark.parametrize("family,objective", families(), ids=[f"{f}-{o}" for f, o in families()])
 def test_every_family_overfits_one_batch(family, objective, one_thread):
     """One fixed batch: 4 rows, each 4 distinct tokens (16 distinct in all) repeated to 17 tokens.
-    A model that ignores context cannot go below ln 16 = 2.77 nats.
+    A model that ignores context cannot go below ln 16 = 2.77 nats, one that only knows which
+    tokens are in the row not below ~ln 4 = 1.39. Every family must memorise it to < 0.05 nats.
 
-    Causal objectives (and GPT-BERT, whose masked half is predicted from the token before it)
-    memorise it to ~0. Plain MLM on a model with only relative positions (no absolute positions to
-    memorise by) reaches the "tokens of this row" solution (ln 4 = 1.39) within 200 steps: the
-    positional copy from 4 tokens away takes far longer to be found with 19 masked targets a step
-    (with an absolute position embedding added, the same BERT memorises the batch in 200 steps)."""
+    Causal objectives (and GPT-BERT, whose masked half is predicted from the token before it) see
+    the same inputs every step. Plain MLM is run the standard overfit-one-batch way: the masking is
+    FIXED (the objective's generator is reset to the same state before every step, so the same
+    positions are chosen and corrupted identically), making the batch one fixed (input, target)
+    pair to memorise. With fresh random masks every step, the default BERT (relative positions only)
+    sits on the "tokens of this row" plateau (~1.45 nats after 200 steps, like a plain-PyTorch
+    encoder with no positions at all) and finds the positional copy only after ~1000 steps, if at
+    all: that is the task's difficulty, not a bug, and would make this test either slow or unable to
+    tell a broken model from a working one. With the fixed mask, a BERT that did not use positions
+    (an encoder without positions: ~0.8-1.0 nats) fails the threshold."""
     vocab = 64
     torch.manual_seed(0)
     model = build_model(ModelConfig(family=family, vocab_size=vocab, n_layer=2, n_head=2, d_model=32, d_ff=64,
@@ -289,21 +295,20 @@ def test_every_family_overfits_one_batch(family, objective, one_thread):
     units = (N_SPECIAL + torch.randperm(vocab - N_SPECIAL, generator=torch.Generator().manual_seed(0))[:16]).view(4, 4)
     rows = units.repeat(1, 5)[:, :17]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.9, 0.95))
+    mask_state = obj.generator.get_state()
     losses = []
     for step in range(200):
+        if objective == "mlm":
+            obj.generator.set_state(mask_state)  # the same masked positions and corruption every step
         loss, _ = obj.train_loss(model, rows[:, :-1], rows[:, 1:], step)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
-        if objective != "mlm" and loss.item() < 0.05:
+        if loss.item() < 0.05:
             break
-    recent = sum(losses[-20:]) / len(losses[-20:])
     assert losses[0] > 3.5, losses[0]
-    if objective == "mlm":
-        assert recent < 2.0, recent  # uses the context: well below ln 16 = 2.77
-    else:
-        assert losses[-1] < 0.05, (losses[-1], step)
+    assert losses[-1] < 0.05, (losses[-1], step)  # memorised: far below ln 4 = 1.39 and ln 16 = 2.77
 
 
 # --------------------------------------------------------------------------------------------------
