@@ -51,10 +51,11 @@ class DataConfig:
     # default: the embedded generated corpus (tinylm.data.default_corpus); text: UTF-8 files or
     # folders, one document per non-empty line; babylm: a folder of <domain>.train (+ .dev) files;
     # tinystories: <|endoftext|>-separated stories; jsonl: a text field per record; hf: any
-    # `datasets` dataset. See tinylm/data/sources.py and conf/data/*.yaml.
+    # `datasets` dataset; childes_age: CSVs of utterances with the child's age, one document per
+    # transcript (ages for curriculum.order=age). See tinylm/data/sources.py and conf/data/*.yaml.
     kind: str = "default"
     root: str = ""  # babylm / tinystories: the corpus folder
-    paths: list[str] = field(default_factory=list)  # text / jsonl / tinystories: files or folders
+    paths: list[str] = field(default_factory=list)  # text / jsonl / tinystories / childes_age: files or folders
     dev_paths: list[str] = field(default_factory=list)  # explicit dev files (else split by document)
     domains: list[str] = field(default_factory=list)  # babylm: domains to read (empty: every <domain>.train)
     text_field: str = "text"  # jsonl / hf: the field holding the text

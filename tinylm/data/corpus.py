@@ -12,6 +12,7 @@ bounded whatever the corpus size. `load_corpus` is the same thing materialised a
 
 from __future__ import annotations
 
+import math
 import re
 import tempfile
 from array import array
@@ -35,6 +36,7 @@ DEDUP_MODES = ("auto", "none", "exact", "near")
 class Document:
     text: str
     source: str  # where it came from (BabyLM domain, file stem, "default"); curricula and reports use it
+    age: float | None = None  # data=childes_age: the child's age in months (curriculum.order=age); None: unknown
 
 
 _LONG = 1 << 20  # characters: longer texts are counted piece by piece (no list of millions of words)
@@ -111,6 +113,7 @@ class CorpusIndex:
     nbytes: np.ndarray  # (n,) int64 UTF-8 bytes of the line (without "\n")
     split_code: np.ndarray  # (n,) int8 TRAIN / DEV / AUTO
     group: np.ndarray  # (n,) int32 split group
+    age: np.ndarray | None = None  # (n,) float64 child age in months, NaN unknown; None: no stream has ages
     stats: dict[str, SourceStats] = field(default_factory=dict)
     files: list = field(default_factory=list)  # FileStats of every file read
 
@@ -129,6 +132,7 @@ def build_corpus(cfg: DataConfig, plan: SourcePlan, spool: Path, log=None) -> Co
     names: list[str] = []
     source, words, nbytes, codes = array("i"), array("q"), array("q"), array("b")
     groups, group_ids = array("i"), {}
+    ages = array("d")
     stats: dict[str, SourceStats] = {}
     dedup, dedup_source = None, None
     with open(spool, "wb") as out:
@@ -148,6 +152,9 @@ def build_corpus(cfg: DataConfig, plan: SourcePlan, spool: Path, log=None) -> Co
             if log:
                 log(f"data: reading {stream.label}")
             for raw in stream.documents():
+                age = math.nan
+                if stream.with_ages:
+                    raw, age = raw
                 st.documents_read += 1
                 if plan.clean:
                     st.words_raw += count_words(raw)
@@ -177,12 +184,14 @@ def build_corpus(cfg: DataConfig, plan: SourcePlan, spool: Path, log=None) -> Co
                 nbytes.append(len(line))
                 codes.append(code)
                 groups.append(gid)
+                ages.append(age)
             if not plan.clean:
                 st.words_raw = st.words_clean
     return CorpusIndex(
         spool=spool, sources=names, source=np.frombuffer(source, np.int32).copy(),
         words=np.frombuffer(words, np.int64).copy(), nbytes=np.frombuffer(nbytes, np.int64).copy(),
         split_code=np.frombuffer(codes, np.int8).copy(), group=np.frombuffer(groups, np.int32).copy(),
+        age=np.frombuffer(ages, np.float64).copy() if any(s.with_ages for s in plan.streams) else None,
         stats=stats, files=[f for s in plan.streams for f in s.files],
     )
 
@@ -240,6 +249,12 @@ def iter_documents(index: CorpusIndex, take: np.ndarray, keep_every: int = 1) ->
             yield text, int(index.source[i]), k
 
 
+def split_ages(index: CorpusIndex, take: np.ndarray) -> np.ndarray | None:
+    """Ages (months, NaN unknown) of the documents iter_documents(index, take) yields, in that order;
+    None when the corpus has no ages."""
+    return None if index.age is None else index.age[take > 0]
+
+
 def _stable_fraction(idx: np.ndarray, every: int) -> np.ndarray:
     from tinylm.data.budget import splitmix64
 
@@ -258,6 +273,11 @@ def load_corpus(cfg: DataConfig) -> tuple[list[Document], list[Document]]:
         check_splits(cfg, plan, index, is_dev)
         take_train, _ = select_budget(index, ~is_dev, cfg)
         take_dev = np.where(is_dev, index.words, 0)
-        train = [Document(t, index.sources[s]) for t, s, _ in iter_documents(index, take_train)]
-        dev = [Document(t, index.sources[s]) for t, s, _ in iter_documents(index, take_dev)]
+
+        def documents(take) -> list[Document]:
+            ages = split_ages(index, take)
+            return [Document(t, index.sources[s], None if ages is None or math.isnan(ages[i]) else float(ages[i]))
+                    for i, (t, s, _) in enumerate(iter_documents(index, take))]
+
+        train, dev = documents(take_train), documents(take_dev)
     return train, dev

@@ -9,6 +9,7 @@ failed or interrupted build leaves nothing half-written. Contents:
 
     tokenizer.model                     sentencepiece model (trained on the budgeted train split only)
     train.bin, dev.bin, *.docs.npy, *.features.npy, meta.json   see tinylm.data.shards
+    train.ages.npy, dev.ages.npy        only for sources with ages (data=childes_age): months per document
     data_report.json                    words (total, per source, per split), documents, duplicates
                                         removed, invalid UTF-8 replaced, budget, input hashes, tokens,
                                         unigram baseline
@@ -29,7 +30,13 @@ import numpy as np
 
 from tinylm.config import DataConfig, TokenizerConfig
 from tinylm.data.budget import select_budget
-from tinylm.data.corpus import assign_splits, build_corpus, check_splits, iter_documents
+from tinylm.data.corpus import (
+    assign_splits,
+    build_corpus,
+    check_splits,
+    iter_documents,
+    split_ages,
+)
 from tinylm.data.shards import Shard, open_shard, unigram_counts, write_shards
 from tinylm.data.sources import fingerprint_inputs, hash_file, plan_sources
 from tinylm.data.tokenizer import Tokenizer, train_sentencepiece
@@ -144,6 +151,20 @@ def _default_permissions(folder: Path) -> None:
         os.chmod(f, 0o666 & ~umask)
 
 
+def _age_summary(index, take_train, take_dev) -> dict | None:
+    """Per split: documents with a known age and the age range (months); None without ages."""
+    if index.age is None:
+        return None
+    out = {}
+    for split, take in (("train", take_train), ("dev", take_dev)):
+        ages = split_ages(index, take)
+        known = ages[~np.isnan(ages)]
+        out[split] = {"documents_with_age": len(known), "documents_without_age": int(len(ages) - len(known)),
+                      "min_months": float(known.min()) if len(known) else None,
+                      "max_months": float(known.max()) if len(known) else None}
+    return out
+
+
 def _build(data_cfg, tok_cfg, plan, fingerprint, keys, tmp: Path, work: Path, tokenizer_only: bool,
            reuse_tokenizer: bytes | None, log, timings: dict) -> dict:
     t0 = time.perf_counter()
@@ -185,6 +206,7 @@ def _build(data_cfg, tok_cfg, plan, fingerprint, keys, tmp: Path, work: Path, to
         "invalid_utf8_replacements": sum(f.invalid_utf8 for f in index.files),
         "sources": {n: asdict(s) for n, s in index.stats.items()},
         "budget": budget_info,
+        "ages": _age_summary(index, take_train, take_dev),
         "options": {"data": asdict(data_cfg), "tokenizer": asdict(tok_cfg)},
     }
     log(f"data: {report['words_train']:,} train + {report['words_dev']:,} dev words in "
@@ -212,8 +234,9 @@ def _build(data_cfg, tok_cfg, plan, fingerprint, keys, tmp: Path, work: Path, to
         return report
 
     t2 = time.perf_counter()
+    ages = None if index.age is None else {"train": split_ages(index, take_train), "dev": split_ages(index, take_dev)}
     meta = write_shards(tmp, {"train": iter_documents(index, take_train), "dev": iter_documents(index, take_dev)},
-                        tok, names)
+                        tok, names, ages=ages)
     docs = {s: np.load(tmp / f"{s}.docs.npy") for s in ("train", "dev")}
     baseline = meta["unigram_dev_loss"]
     report.update(

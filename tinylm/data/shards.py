@@ -240,7 +240,11 @@ def build_shards(
 ) -> Path:
     """Tokenize lists of Documents into cache_dir/shards/<key> (cached); returns the folder."""
     tokenizer_hash = sha256_of(tok.model_file.read_bytes().hex())
-    key = sha256_of("shards-v2", corpus_hash, tokenizer_hash, sorted(splits))[:16]
+    has_ages = any(d.age is not None for docs in splits.values() for d in docs)
+    ages = {name: np.array([np.nan if d.age is None else d.age for d in docs], np.float64)
+            for name, docs in splits.items()} if has_ages else None
+    age_key = {name: a.tolist() for name, a in ages.items()} if ages else None  # ages change the order: in the key
+    key = sha256_of("shards-v2", corpus_hash, tokenizer_hash, sorted(splits), *([age_key] if ages else []))[:16]
     final = Path(cache_dir) / "shards" / key
     if (final / "meta.json").exists():
         return final
@@ -248,7 +252,7 @@ def build_shards(
     sid = {s: i for i, s in enumerate(sources)}
     with atomic_dir(final) as tmp:
         write_shards(tmp, {name: ((d.text, sid[d.source], count_words(d.text)) for d in docs)
-                           for name, docs in splits.items()}, tok, sources)
+                           for name, docs in splits.items()}, tok, sources, ages=ages)
     return final
 
 

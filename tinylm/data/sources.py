@@ -15,6 +15,13 @@ budget happen downstream (tinylm.data.corpus).
                   data.paths / data.dev_paths                  1.25 x data.doc_words are cut
     jsonl         data.paths (.jsonl files or folders)         one per record's data.text_field
     hf            datasets.load_dataset(data.hf_name, ...)     one per row's data.text_field
+    childes_age   data.paths (CSV: text, transcript_id,        one per transcript (utterances joined
+                  age_in_months[, bucket])                     in file order, whitespace normalised),
+                                                               source "childes", with its age (months)
+
+A stream whose `with_ages` is set yields (text, age in months) pairs instead of strings; the ages
+end up in the shards' <split>.ages.npy (curriculum.order=age). They are bytes of the input files, so
+the content hash covers them.
 
 Files are read in binary blocks: every byte goes through sha256 (the content hash is compared
 with the one taken before the build, so a file edited mid-build is caught), and UTF-8 is decoded
@@ -25,9 +32,11 @@ each invalid sequence replaced by U+FFFD and counted (`replace`).
 from __future__ import annotations
 
 import codecs
+import csv
 import glob
 import hashlib
 import json
+import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,7 +46,8 @@ from tinylm.errors import InputError
 
 BLOCK_BYTES = 1 << 20  # read size; a segment handed on never exceeds ~2 blocks
 EOT = "<|endoftext|>"
-KINDS = ("default", "text", "babylm", "tinystories", "jsonl", "hf")
+KINDS = ("default", "text", "babylm", "tinystories", "jsonl", "hf", "childes_age")
+CHILDES_AGE_COLUMNS = ("text", "transcript_id", "age_in_months")
 BABYLM_DOMAINS = ("bnc_spoken", "childes", "gutenberg", "open_subtitles", "simple_wiki", "switchboard")
 TINYSTORIES_TRAIN = ("train.txt", "TinyStoriesV2-GPT4-train.txt", "TinyStories-train.txt")
 TINYSTORIES_DEV = ("valid.txt", "TinyStoriesV2-GPT4-valid.txt", "TinyStories-valid.txt")
@@ -248,6 +258,7 @@ class Stream:
     documents: Callable[[], Iterator[str]]  # raw documents, in order
     group: str = ""  # documents of one group share one every-k-th dev split (default: the source)
     files: list[FileStats] = field(default_factory=list)  # filled while streaming
+    with_ages: bool = False  # documents() yields (text, age in months, NaN unknown) pairs
 
 
 @dataclass
@@ -355,6 +366,66 @@ def _jsonl_records(path: Path, field_name: str, doc_words: int):
             yield from cutter.finish()
 
     return make
+
+
+def _childes_age_transcripts(path: Path, key: str):
+    """data=childes_age: one document per transcript_id (its utterances joined in file order, in the
+    order transcripts first appear), with the transcript's age_in_months. Rows are grouped across
+    the whole file (the shuffled variant interleaves transcripts), so memory is about the file's size."""
+
+    def make(segments: Iterator[str]) -> Iterator[tuple[str, float]]:
+        rows = csv.reader(line + "\n" for line in iter_lines(segments))
+        header = next(rows, None)
+        if header is None:
+            raise InputError(f"{key}: {path} is empty; expected a CSV with header {','.join(CHILDES_AGE_COLUMNS)}")
+        header = [h.strip() for h in header]
+        missing = [c for c in CHILDES_AGE_COLUMNS if c not in header]
+        if missing:
+            raise InputError(
+                f"{key}: {path} has no column {missing[0]!r} (its header is {header}); data=childes_age needs "
+                f"a CSV with the columns {', '.join(CHILDES_AGE_COLUMNS)}"
+            )
+        i_text, i_id, i_age = (header.index(c) for c in CHILDES_AGE_COLUMNS)
+        docs: dict[str, tuple[list[str], float]] = {}
+        for row in rows:
+            if not any(cell.strip() for cell in row):
+                continue
+            line = rows.line_num
+            if len(row) <= max(i_text, i_id, i_age):
+                raise InputError(f"{key}: {path} line {line} has {len(row)} fields, the header {len(header)}")
+            raw_age = row[i_age].strip()
+            try:
+                age = float(raw_age) if raw_age else math.nan
+            except ValueError:
+                raise InputError(f"{key}: {path} line {line}: age_in_months={raw_age!r} is not a number") from None
+            tid = row[i_id].strip()
+            texts, first = docs.setdefault(tid, ([], age))
+            if not (age == first or (math.isnan(age) and math.isnan(first))):
+                raise InputError(f"{key}: {path} line {line}: transcript {tid!r} has age {raw_age}, "
+                                 f"but {first:g} on an earlier row; a transcript has one age")
+            utterance = " ".join(row[i_text].split())
+            if utterance:
+                texts.append(utterance)
+        for texts, age in docs.values():
+            yield " ".join(texts), age
+
+    return make
+
+
+def _plan_childes_age(cfg, on_invalid) -> tuple[list[Stream], list[Path], str]:
+    if not cfg.paths:
+        raise InputError("data.paths is empty; pass data.paths=[FILE.csv,...] (text,transcript_id,age_in_months "
+                         "columns) with data=childes_age")
+    train = expand_paths(cfg.paths, "data.paths", (".csv",))
+    dev = expand_paths(cfg.dev_paths, "data.dev_paths", (".csv",)) if cfg.dev_paths else []
+    split = "train" if dev else "auto"
+    streams = [_file_stream("childes", "dev", p, "data.dev_paths", on_invalid,
+                            _childes_age_transcripts(p, "data.dev_paths")) for p in dev]
+    streams += [_file_stream("childes", split, p, "data.paths", on_invalid,
+                             _childes_age_transcripts(p, "data.paths")) for p in train]
+    for s in streams:
+        s.with_ages = True
+    return streams, dev + train, f"data.paths={list(cfg.paths)}"
 
 
 def _babylm_domain(path: Path) -> str | None:
@@ -549,13 +620,17 @@ def plan_sources(cfg) -> SourcePlan:
         streams, inputs, describe = _plan_tinystories(cfg, on_invalid)
     elif cfg.kind == "jsonl":
         streams, inputs, describe = _plan_jsonl(cfg, on_invalid)
+    elif cfg.kind == "childes_age":
+        streams, inputs, describe = _plan_childes_age(cfg, on_invalid)
     else:
         streams, extra, describe = _plan_hf(cfg)
         inputs = sorted({Path(f) for pattern in cfg.hf_data_files for f in glob.glob(str(Path(pattern).expanduser()))
                          if Path(f).is_file()})
     return SourcePlan(
         kind=cfg.kind, streams=streams, inputs=inputs, fingerprint_extra=extra, describe=describe,
-        clean=cfg.kind not in ("text", "default"), dedup_default="none" if cfg.kind in ("text", "default") else "near",
+        # childes_age: whitespace is normalised by the reader; no domain cleaning (the text is already tokenised)
+        clean=cfg.kind not in ("text", "default", "childes_age"),
+        dedup_default="none" if cfg.kind in ("text", "default") else "exact" if cfg.kind == "childes_age" else "near",
         on_invalid_default=on_invalid_default, ignored=ignored,
     )
 
