@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from tinylm.config import DataConfig
-from tinylm.data import sources
+from tinylm.data import readers_common
 from tinylm.data.corpus import build_corpus, count_words, load_corpus
-from tinylm.data.sources import DocumentCutter, FileStats, plan_sources, read_segments
+from tinylm.data.readers_common import DocumentCutter, FileStats, read_segments
+from tinylm.data.sources import plan_sources
 from tinylm.errors import InputError
 
 WORDS = ["the", "a", "little", "big", "red", "blue", "dog", "cat", "bird", "fish", "ball", "tree", "house", "car", "boat", "sun", "moon", "star", "girl", "boy", "mom", "dad", "runs", "jumps", "sees", "likes", "wants", "finds", "eats", "plays", "sings", "reads", "quickly", "slowly", "happily", "today", "again", "here", "there", "under", "over", "near", "with", "and", "but", "then", "so", "very", "good", "bad", "old", "new", "small", "tall", "green", "yellow"]
@@ -107,7 +108,7 @@ def test_documents_do_not_depend_on_read_size(tmp_path, monkeypatch):
     root = write_babylm(tmp_path / "b", words=4000)
     cfg = DataConfig(kind="babylm", root=str(root), doc_words=120)
     _, _, big = corpus_docs(cfg, tmp_path)
-    monkeypatch.setattr(sources, "BLOCK_BYTES", 97)  # segments end mid-line everywhere
+    monkeypatch.setattr(readers_common, "BLOCK_BYTES", 97)  # segments end mid-line everywhere
     _, _, small = corpus_docs(cfg, tmp_path)
     assert big == small and len(big) > 20
 
@@ -184,7 +185,7 @@ def test_fifty_megabyte_single_line_streams_in_bounded_memory(tmp_path):
         f.write(b"\n")
     stats = FileStats(str(root / "gutenberg.train"))
     longest = max(len(seg) for seg in read_segments(root / "gutenberg.train", stats, "data.root", "replace"))
-    assert stats.bytes > 50_000_000 and longest <= 2 * sources.BLOCK_BYTES
+    assert stats.bytes > 50_000_000 and longest <= 2 * readers_common.BLOCK_BYTES
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     cfg = DataConfig(kind="babylm", root=str(root), dedup="none", doc_words=5000)
     plan = plan_sources(cfg)

@@ -1,7 +1,7 @@
 """Per-source cleaning and deduplication of documents.
 
 Cleaning works on one document at a time (a document is at most ~1.25 x data.doc_words words, see
-tinylm.data.sources.DocumentCutter), so every pattern below is a bounded regular expression; the
+tinylm.data.readers_common.DocumentCutter), so every pattern below is a bounded regular expression; the
 one piece of state is the Project Gutenberg header/licence tracker, which spans documents.
 
     source (BabyLM domain)      option                       what it does

@@ -24,7 +24,8 @@ import numpy as np
 
 from tinylm.config import DataConfig
 from tinylm.data.clean import Deduplicator, make_cleaner, validate_clean_options
-from tinylm.data.sources import SourcePlan, expand_paths, plan_sources  # noqa: F401  (re-exported)
+from tinylm.data.readers_common import expand_paths  # noqa: F401  (re-exported)
+from tinylm.data.sources import SourcePlan, plan_sources
 from tinylm.errors import InputError
 
 TRAIN, DEV, AUTO = 0, 1, 2

@@ -37,8 +37,9 @@ from tinylm.data.corpus import (
     iter_documents,
     split_ages,
 )
+from tinylm.data.readers_common import hash_file
 from tinylm.data.shards import Shard, open_shard, unigram_counts, write_shards
-from tinylm.data.sources import fingerprint_inputs, hash_file, plan_sources
+from tinylm.data.sources import fingerprint_inputs, plan_sources
 from tinylm.data.tokenizer import Tokenizer, train_sentencepiece
 from tinylm.errors import InputError
 from tinylm.utils import atomic_dir, sha256_of, write_json_atomic
