@@ -1,5 +1,6 @@
-"""Objectives (tinylm/train/objectives.py): masking statistics, MNTP, GPT-BERT hybrid, distillation,
-every family overfitting one batch, and BERT training end to end with a bit-exact resume."""
+"""Objectives (tinylm/train/objectives.py, masking.py, distill.py): masking statistics, MNTP,
+GPT-BERT hybrid, distillation, every family overfitting one batch, and BERT training end to end
+with a bit-exact resume."""
 
 import json
 import math
@@ -18,15 +19,9 @@ from tinylm.models import build_model
 from tinylm.train.checkpoint import checkpoint_dirs, save_checkpoint
 from tinylm.train.loop import pretrain
 from tinylm.train.metrics import read_metrics
-from tinylm.train.objectives import (
-    IGNORE,
-    N_SPECIAL,
-    Masker,
-    build_objective,
-    distillation_loss,
-    mntp_targets,
-    pseudo_log_likelihood,
-)
+from tinylm.train.distill import distillation_loss
+from tinylm.train.masking import IGNORE, N_SPECIAL, Masker, mntp_targets
+from tinylm.train.objectives import build_objective, pseudo_log_likelihood
 
 V = 1000
 
