@@ -47,6 +47,20 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Opt
 # LAMB
 
 
+def adam_moments(state: dict, grad: torch.Tensor, beta1: float, beta2: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Advance Adam's first and second moments in `state` (created on first use, in AdamW's
+    state layout so checkpoints store them the same way); returns (m, v, step)."""
+    if not state:
+        state["step"] = torch.tensor(0.0)
+        state["exp_avg"] = torch.zeros_like(grad)
+        state["exp_avg_sq"] = torch.zeros_like(grad)
+    state["step"] += 1
+    m, v = state["exp_avg"], state["exp_avg_sq"]
+    m.lerp_(grad, 1 - beta1)
+    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    return m, v, state["step"].item()
+
+
 class Lamb(torch.optim.Optimizer):
     """LAMB: per tensor, u = m_hat / (sqrt(v_hat) + eps) + weight_decay * w, then
     w <- w - lr * (||w|| / ||u||) * u, with trust ratio 1 when either norm is 0. Bias-corrected
@@ -67,16 +81,7 @@ class Lamb(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.tensor(0.0)
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-                t = state["step"].item()
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.lerp_(p.grad, 1 - beta1)
-                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                m, v, t = adam_moments(self.state[p], p.grad, beta1, beta2)
                 update = (m / (1 - beta1**t)) / ((v / (1 - beta2**t)).sqrt() + group["eps"])
                 if group["weight_decay"]:
                     update.add_(p, alpha=group["weight_decay"])
@@ -174,15 +179,7 @@ class Muon(torch.optim.Optimizer):
                     p.add_(o, alpha=-lr * max(1.0, p.size(-2) / p.size(-1)) ** 0.5)
                 else:
                     beta1, beta2 = group["betas"]
-                    if not state:
-                        state["step"] = torch.tensor(0.0)
-                        state["exp_avg"] = torch.zeros_like(p)
-                        state["exp_avg_sq"] = torch.zeros_like(p)
-                    state["step"] += 1
-                    t = state["step"].item()
-                    m, v = state["exp_avg"], state["exp_avg_sq"]
-                    m.lerp_(p.grad, 1 - beta1)
-                    v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                    m, v, t = adam_moments(state, p.grad, beta1, beta2)
                     p.mul_(1 - lr * wd)
                     denom = (v.sqrt() / math.sqrt(1 - beta2**t)).add_(group["eps"])
                     p.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
