@@ -16,3 +16,15 @@ def test_multirun_writes_one_run_dir_per_job_and_a_csv_summary(tmp_path, cache_d
         assert row["run_dir"] == str(sweep_dir / str(i))
         assert (sweep_dir / str(i) / "checkpoints").is_dir()
     assert rows[0]["final_dev_loss"] != rows[1]["final_dev_loss"]  # the override reached the job
+
+
+def test_a_bad_job_is_recorded_and_the_sweep_goes_on(tmp_path, cache_dir):
+    sweep_dir = tmp_path / "sweep"
+    result = run_cli("tinylm.pretrain", "--multirun", "debug=cpu_smoke", "train.device=tpu,cpu",
+                     f"hydra.sweep.dir={sweep_dir}", f"data.cache_dir={cache_dir}")
+    assert result.returncode != 0  # the sweep as a whole reports the failure
+    assert "error: train.device='tpu' is not a device" in result.stderr
+    rows = list(csv.DictReader(open(sweep_dir / "sweep_summary.csv")))
+    assert rows[0]["status"].startswith("failed: train.device='tpu' is not a device")
+    assert rows[1]["status"] == "ok" and float(rows[1]["final_dev_loss"]) > 0
+    assert not (sweep_dir / "0").exists()  # the rejected job left no empty run directory

@@ -7,9 +7,12 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from tinylm.cli import CONF_DIR, report_input_errors
@@ -26,13 +29,22 @@ def main(cfg: DictConfig) -> dict:
 
     try:
         return pretrain(OmegaConf.to_object(cfg))
-    except InputError:
+    except InputError as e:
         # Hydra creates the run directory before the job starts; a launch rejected before writing
         # anything leaves no empty folder behind (a non-empty one is never touched).
         run_dir = Path(cfg.run_dir)
         if run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            # In a sweep one bad job must not stop the others: Hydra records it as failed (the
+            # sweep summary says why), runs the remaining jobs, and exits non-zero at the end.
+            print(f"error: {e}", file=sys.stderr)
+            raise JobFailed(str(e)) from None
         raise
+
+
+class JobFailed(RuntimeError):
+    """A sweep job rejected for bad input (not caught by report_input_errors, so Hydra goes on)."""
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ class SweepSummary(Callback):
         self.rows.append({
             "job": config.hydra.job.num,
             "overrides": " ".join(job_return.overrides or []),
-            "status": "ok" if ok else "failed",
+            # A failed job's exception is kept in JobReturn._return_value (reading .return_value re-raises it).
+            "status": "ok" if ok else f"failed: {getattr(job_return, '_return_value', '')}",
             **{k: summary.get(k, "") for k in COLUMNS[3:]},
         })
         out = io.StringIO()
