@@ -148,3 +148,16 @@ def test_checkpoint_from_before_a_new_model_field_still_resumes(tmp_path, cache_
     (ckpt / "state.json").write_text(json.dumps(state))
     summary = pretrain(smoke_config(run_dir, cache_dir, "train.steps=8", "train.resume=auto"))
     assert summary["steps"] == 8
+
+
+def test_torch_compile_trains_like_eager(tmp_path, cache_dir):
+    """train.compile=true (inductor on CPU) gives the eager run's losses, and its checkpoint holds
+    the plain module's weights (no `_orig_mod.` prefixes), so resume, eval and export work."""
+    common = ("train.steps=4", "train.log_every=1", "train.eval_every=4")
+    pretrain(smoke_config(tmp_path / "eager", cache_dir, *common))
+    pretrain(smoke_config(tmp_path / "compiled", cache_dir, *common, "train.compile=true"))
+    eager = [r["loss"] for r in read_metrics(tmp_path / "eager") if "loss" in r]
+    compiled = [r["loss"] for r in read_metrics(tmp_path / "compiled") if "loss" in r]
+    assert compiled == pytest.approx(eager, rel=1e-4)
+    keys = load_file(checkpoint_dirs(tmp_path / "compiled")[-1] / "model.safetensors").keys()
+    assert keys == load_file(checkpoint_dirs(tmp_path / "eager")[-1] / "model.safetensors").keys()
