@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from tinylm import ops
 from tinylm.config import ModelConfig
-from tinylm.models.layers import LayerNorm, decay_groups, sample_next_token
+from tinylm.models.layers import LayerNorm, attention_flops_per_token, decay_groups, generate_by_rerunning
 
 NORMS = ("pre", "post")
 POSITIONS = ("relative", "rotary")
@@ -243,8 +243,7 @@ class BERT(nn.Module):
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token: 6N plus the attention scores (PaLM appendix B), as GPT."""
-        L, H, D = self.cfg.n_layer, self.cfg.n_head, self.cfg.d_model // self.cfg.n_head
-        return 6 * self.num_params() + 12 * L * H * D * seq_len
+        return attention_flops_per_token(self.num_params(), self.cfg.n_layer, self.cfg.d_model, seq_len)
 
     @torch.no_grad()
     def generate(
@@ -258,13 +257,5 @@ class BERT(nn.Module):
     ) -> torch.Tensor:
         """Causal sampling (meaningful after causal or GPT-BERT training): as GPT.generate, with
         the model run with causal=True."""
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        for _ in range(max_new_tokens):
-            logits = self(input_ids[:, -self.cfg.max_seq_len :], causal=True)[:, -1, :].float()  # (B, V)
-            next_id = sample_next_token(logits, temperature, top_k, generator)
-            input_ids = torch.cat([input_ids, next_id], dim=1)
-            if eos_id is not None:
-                done |= next_id.squeeze(1) == eos_id
-                if bool(done.all()):
-                    break
-        return input_ids
+        return generate_by_rerunning(lambda ids: self(ids, causal=True)[:, -1, :], input_ids, max_new_tokens, self.cfg.max_seq_len,
+                                     temperature, top_k, eos_id, generator)

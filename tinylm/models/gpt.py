@@ -11,7 +11,14 @@ import torch
 import torch.nn as nn
 
 from tinylm.config import ModelConfig
-from tinylm.models.layers import LayerNorm, MLP, SelfAttention, decay_groups, sample_next_token
+from tinylm.models.layers import (
+    MLP,
+    LayerNorm,
+    SelfAttention,
+    attention_flops_per_token,
+    decay_groups,
+    generate_by_rerunning,
+)
 
 
 class Block(nn.Module):
@@ -93,8 +100,7 @@ class GPT(nn.Module):
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward): 6N for the matmuls plus attention scores
         (PaLM appendix B), as in nanoGPT's estimate_mfu."""
-        L, H, D = self.cfg.n_layer, self.cfg.n_head, self.cfg.d_model // self.cfg.n_head
-        return 6 * self.num_params() + 12 * L * H * D * seq_len
+        return attention_flops_per_token(self.num_params(), self.cfg.n_layer, self.cfg.d_model, seq_len)
 
     @torch.no_grad()
     def generate(
@@ -107,14 +113,5 @@ class GPT(nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Sample continuations of (B, T) prompts; stops early when every row produced eos_id."""
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        for _ in range(max_new_tokens):
-            context = input_ids[:, -self.cfg.max_seq_len :]
-            logits = self(context)[:, -1, :].float()  # (B, V)
-            next_id = sample_next_token(logits, temperature, top_k, generator)
-            input_ids = torch.cat([input_ids, next_id], dim=1)
-            if eos_id is not None:
-                done |= next_id.squeeze(1) == eos_id
-                if bool(done.all()):
-                    break
-        return input_ids
+        return generate_by_rerunning(lambda ids: self(ids)[:, -1, :], input_ids, max_new_tokens, self.cfg.max_seq_len,
+                                     temperature, top_k, eos_id, generator)

@@ -87,3 +87,35 @@ def sample_next_token(
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+
+
+def attention_flops_per_token(n_params: int, n_layer: int, d_model: int, seq_len: int) -> float:
+    """Training FLOPs per token of a transformer: 6N for the matmuls plus 12 * L * d_model * T for
+    the attention scores and their use (PaLM appendix B, nanoGPT's estimate_mfu)."""
+    return 6 * n_params + 12 * n_layer * d_model * seq_len
+
+
+@torch.no_grad()
+def generate_by_rerunning(
+    next_logits,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    context: int,
+    temperature: float,
+    top_k: int | None,
+    eos_id: int | None,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Sampling for models without a cache: `next_logits(ids)` gives (B, V) logits for the last
+    position of the newest `context` tokens, and is rerun after every new token. Stops early when
+    every row has produced eos_id."""
+    done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    for _ in range(max_new_tokens):
+        logits = next_logits(input_ids[:, -context:]).float()  # (B, V)
+        next_id = sample_next_token(logits, temperature, top_k, generator)
+        input_ids = torch.cat([input_ids, next_id], dim=1)
+        if eos_id is not None:
+            done |= next_id.squeeze(1) == eos_id
+            if bool(done.all()):
+                break
+    return input_ids
