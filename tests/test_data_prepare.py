@@ -51,6 +51,9 @@ def test_data_directory_report_and_index(babylm_root, tmp_path):
         assert entry["sha256"] == hashlib.sha256(open(path, "rb").read()).hexdigest()
     assert r["budget"]["mode"] == "proportional" and r["budget"]["selected_words"] == 6000
     assert r["stage"] == "complete" and r["tokens_train"] == len(data.train.tokens)
+    # the tokenizer saw the budgeted train split only (read by the BabyLM compliance check)
+    assert r["tokenizer_training"] == {"split": "train", "words": 6000, "corpus_key": r["corpus_key"],
+                                       "documents_sampled_every": 1}
     # the shard index: starts at <bos>, words per document, source ids, token spans, difficulty features
     docs = data.train.docs
     assert docs.shape[1] == len(DOC_COLUMNS) and (data.train.tokens[docs[:, 0]] == BOS_ID).all()

@@ -178,7 +178,8 @@ def _failed(run):
 
 def test_words_seen_beyond_ten_times_the_budget_fails(gpt_run, tmp_path):
     run = _broken_copy(gpt_run, tmp_path)
-    _edit_json(run / "data_report.json", words_train=30)  # budget = the train split: 407 words seen > 10 x 30
+    # budget = the train split: 407 words seen > 10 x 30 (the tokenizer record shrinks with it)
+    _edit_json(run / "data_report.json", words_train=30, tokenizer_training={"split": "train", "words": 30})
     failed = _failed(run)
     assert list(failed) == ["words_seen_within_10x_budget"] and "exceed 10 x the budget of 30 words" in failed[
         "words_seen_within_10x_budget"]

@@ -217,11 +217,11 @@ def _build(data_cfg, tok_cfg, plan, fingerprint, keys, tmp: Path, work: Path, to
 
     # Tokenizer: the budgeted train split only (a BabyLM rule), a stable sample beyond max_train_chars.
     t1 = time.perf_counter()
-    if reuse_tokenizer is not None:
+    train_chars = int(index.nbytes[take_train > 0].sum())
+    keep_every = max(1, math.ceil(train_chars / tok_cfg.max_train_chars)) if tok_cfg.max_train_chars > 0 else 1
+    if reuse_tokenizer is not None:  # same tokenizer key: trained on exactly these documents before
         (tmp / "tokenizer.model").write_bytes(reuse_tokenizer)
     else:
-        train_chars = int(index.nbytes[take_train > 0].sum())
-        keep_every = max(1, math.ceil(train_chars / tok_cfg.max_train_chars)) if tok_cfg.max_train_chars > 0 else 1
         texts = (text for text, _, _ in iter_documents(index, take_train, keep_every=keep_every))
         train_sentencepiece(texts, tok_cfg, tmp / "tokenizer.model")
         log(f"data: {tok_cfg.model_type} tokenizer ({tok_cfg.vocab_size} pieces) trained in "
@@ -230,6 +230,9 @@ def _build(data_cfg, tok_cfg, plan, fingerprint, keys, tmp: Path, work: Path, to
     timings["tokenizer_peak_rss_mb"] = _peak_rss_mb()
     tok = Tokenizer(tmp / "tokenizer.model")
     report.update(vocab_size=tok.vocab_size, tokenizer_sha256=hash_file(tmp / "tokenizer.model"))
+    # What the tokenizer saw, for the BabyLM compliance check (tinylm/package/compliance.py).
+    report["tokenizer_training"] = {"split": "train", "words": report["words_train"], "corpus_key": keys["corpus_key"],
+                                    "documents_sampled_every": keep_every}
     if tokenizer_only:
         report["stage"] = "tokenizer"
         return report
