@@ -52,7 +52,7 @@ test: $(STAMP)  ## the whole pytest suite (CPU; Triton kernels under the interpr
 test-gpu: $(STAMP)  ## only the tests marked gpu (bf16, real autotuning); needs CUDA
 	$(PY) -m pytest -q -m gpu $(ARGS)
 
-bench: $(STAMP)  ## training tokens/s (and MFU on CUDA) against a plain PyTorch GPT; bench/results/
+bench: $(STAMP)  ## training tokens/s (and MFU on CUDA) vs plain PyTorch models of the same shape; bench/results/
 	$(PY) bench/bench_train.py $(ARGS)
 
 bench-kernels: $(STAMP)  ## Triton kernels against PyTorch (GPU only); bench/results/
