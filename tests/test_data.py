@@ -8,7 +8,6 @@ from tinylm.config import DataConfig, TokenizerConfig
 from tinylm.data.corpus import Document, count_words, load_corpus, split_train_dev
 from tinylm.data.loader import TokenLoader, fixed_windows
 from tinylm.data.pipeline import prepare_data, unigram_cross_entropy
-from tinylm.data.shards import build_shards, open_shard
 from tinylm.data.tokenizer import BOS_ID, EOS_ID, MASK_ID, train_tokenizer
 from tinylm.errors import InputError
 
@@ -65,20 +64,22 @@ def test_word_start_table_counts_words_exactly(text_corpus, cache_dir):
         assert int(table[tok.encode([text])[0]].sum()) == count_words(text)
 
 
-def test_shards_equal_direct_tokenization(text_corpus, cache_dir):
-    train, dev = load_corpus(DataConfig(kind="text", paths=[str(text_corpus)], cache_dir=str(cache_dir)))
-    tok = train_tokenizer([d.text for d in train], TokenizerConfig(vocab_size=300), cache_dir, "hash-a")
-    folder = build_shards({"train": train, "dev": dev}, tok, cache_dir, "hash-a")
-    shard = open_shard(folder, "train")
-    expected = [t for d in train for t in [BOS_ID, *tok.encode([d.text])[0], EOS_ID]]
-    assert shard.tokens.dtype == np.uint16
-    assert shard.tokens.tolist() == expected
-    assert shard.words == sum(count_words(d.text) for d in train)
-    starts = shard.docs[:, 0]
-    assert (shard.tokens[starts] == BOS_ID).all() and len(starts) == len(train)
-    # identical inputs give the identical cached folder; no temporary folders are left behind
-    assert build_shards({"train": train, "dev": dev}, tok, cache_dir, "hash-a") == folder
-    assert not [p for p in folder.parent.iterdir() if p.name.endswith(".tmp")]
+def test_shards_equal_direct_tokenization(text_corpus, tmp_path):
+    """The pipeline's shards hold exactly <bos> + sentencepiece ids + <eos> of each train document
+    (keep_text writes the documents it tokenized), and a rebuild reuses the folder untouched."""
+    cfg = DataConfig(kind="text", paths=[str(text_corpus)], out_dir=str(tmp_path / "d"), keep_text=True)
+    data = prepare_data(cfg, TokenizerConfig(vocab_size=300))
+    docs = (tmp_path / "d" / "train.txt").read_text().splitlines()
+    expected = [t for d in docs for t in [BOS_ID, *data.tokenizer.encode([d])[0], EOS_ID]]
+    assert data.train.tokens.dtype == np.uint16
+    assert data.train.tokens.tolist() == expected
+    assert data.train.words == sum(count_words(d) for d in docs)
+    starts = data.train.docs[:, 0]
+    assert (data.train.tokens[starts] == BOS_ID).all() and len(starts) == len(docs)
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "d").iterdir()}
+    prepare_data(cfg, TokenizerConfig(vocab_size=300))  # identical inputs: the cached folder is reused
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "d").iterdir()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_unigram_cross_entropy_by_hand():

@@ -1,8 +1,7 @@
 """Token shards: each split tokenized once, streaming, into a flat memmap plus a document index.
 
-Layout of a shard folder (the data directory of tinylm.data.pipeline, or cache_dir/shards/<key>
-for `build_shards`; built under a temporary name and renamed, so an interrupted build leaves
-nothing half-written):
+Layout of a shard folder (the data directory of tinylm.data.pipeline, built under a temporary
+name and renamed, so an interrupted build leaves nothing half-written):
 
     train.bin, dev.bin          token ids, uint16 when the vocabulary fits, else uint32;
                                 each document is laid out as  <bos> tokens... <eos>
@@ -33,9 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from tinylm.data.clean import SENTENCE_END
-from tinylm.data.corpus import Document, count_words, whitespace_pieces
+from tinylm.data.corpus import whitespace_pieces
 from tinylm.data.tokenizer import BOS_ID, EOS_ID, Tokenizer
-from tinylm.utils import atomic_dir, sha256_of
 
 DOC_COLUMNS = ("start", "words", "source", "tokens")
 FEATURE_COLUMNS = ("mean_unigram_surprisal", "readability_ari")
@@ -233,27 +231,6 @@ def _open_tokens(folder: Path, split: str, meta: dict) -> np.ndarray:
     if n == 0:
         return np.zeros(0, dtype=np.dtype(meta["dtype"]))
     return np.memmap(folder / f"{split}.bin", dtype=np.dtype(meta["dtype"]), mode="r", shape=(n,))
-
-
-def build_shards(
-    splits: dict[str, list[Document]], tok: Tokenizer, cache_dir: str | Path, corpus_hash: str
-) -> Path:
-    """Tokenize lists of Documents into cache_dir/shards/<key> (cached); returns the folder."""
-    tokenizer_hash = sha256_of(tok.model_file.read_bytes().hex())
-    has_ages = any(d.age is not None for docs in splits.values() for d in docs)
-    ages = {name: np.array([np.nan if d.age is None else d.age for d in docs], np.float64)
-            for name, docs in splits.items()} if has_ages else None
-    age_key = {name: a.tolist() for name, a in ages.items()} if ages else None  # ages change the order: in the key
-    key = sha256_of("shards-v2", corpus_hash, tokenizer_hash, sorted(splits), *([age_key] if ages else []))[:16]
-    final = Path(cache_dir) / "shards" / key
-    if (final / "meta.json").exists():
-        return final
-    sources = sorted({d.source for docs in splits.values() for d in docs})
-    sid = {s: i for i, s in enumerate(sources)}
-    with atomic_dir(final) as tmp:
-        write_shards(tmp, {name: ((d.text, sid[d.source], count_words(d.text)) for d in docs)
-                           for name, docs in splits.items()}, tok, sources, ages=ages)
-    return final
 
 
 def open_shard(folder: str | Path, split: str) -> Shard:
