@@ -37,6 +37,17 @@ def _cut_stream(doc_words: int):
     return make
 
 
+def _corpus_root(cfg, what: str, download: str) -> Path:
+    """data.root as an existing folder, or an InputError that says how to get the corpus."""
+    if not cfg.root:
+        raise InputError(f"data.root is empty; pass data.root=FOLDER ({what}), e.g. after `{download}`")
+    root = Path(cfg.root).expanduser()
+    if not root.is_dir():
+        raise InputError(f"data.root: {cfg.root} does not exist or is not a folder; download the corpus with "
+                         f"`{download}` or point data.root at the folder ({what})")
+    return root
+
+
 def _babylm_domain(path: Path) -> str | None:
     for suffix in (".train", ".train.txt"):
         if path.name.endswith(suffix):
@@ -45,18 +56,9 @@ def _babylm_domain(path: Path) -> str | None:
 
 
 def _plan_babylm(cfg, on_invalid) -> tuple[list[Stream], list[Path], str, list[str]]:
-    if not cfg.root:
-        raise InputError(
-            "data.root is empty; pass data.root=FOLDER (a BabyLM train_10M / train_100M folder of "
-            "<domain>.train files), e.g. after `python data_prep/download_babylm.py --out data/babylm`"
-        )
-    root = Path(cfg.root).expanduser()
+    root = _corpus_root(cfg, "a BabyLM train_10M / train_100M folder of <domain>.train files",
+                        "python data_prep/download_babylm.py --out data/babylm")
     describe = f"data.root={cfg.root}"
-    if not root.is_dir():
-        raise InputError(
-            f"data.root: {cfg.root} does not exist or is not a folder; download the corpus with "
-            "`python data_prep/download_babylm.py --out data/babylm` or point data.root at a folder of <domain>.train files"
-        )
     train = {d: p for p in sorted(root.iterdir()) if p.is_file() and (d := _babylm_domain(p))}
     if not train:
         subs = sorted(p.name for p in root.iterdir() if p.is_dir() and any(root.joinpath(p.name).glob("*.train")))
@@ -114,18 +116,9 @@ def _plan_tinystories(cfg, on_invalid) -> tuple[list[Stream], list[Path], str]:
         dev = expand_paths(cfg.dev_paths, "data.dev_paths") if cfg.dev_paths else []
         describe = f"data.paths={list(cfg.paths)}"
     else:
-        if not cfg.root:
-            raise InputError(
-                "data.root is empty; pass data.root=FOLDER with TinyStories train/valid files (or data.paths=[...]), "
-                "e.g. after `python data_prep/download_tinystories.py --out data/tinystories`"
-            )
-        root = Path(cfg.root).expanduser()
+        root = _corpus_root(cfg, "TinyStories train/valid files, or give data.paths=[...]",
+                            "python data_prep/download_tinystories.py --out data/tinystories")
         describe = f"data.root={cfg.root}"
-        if not root.is_dir():
-            raise InputError(
-                f"data.root: {cfg.root} does not exist or is not a folder; download TinyStories with "
-                "`python data_prep/download_tinystories.py --out data/tinystories`"
-            )
         train = [p for name in TINYSTORIES_TRAIN if (p := root / name).is_file()][:1]
         dev = [p for name in TINYSTORIES_DEV if (p := root / name).is_file()][:1]
         if not train:

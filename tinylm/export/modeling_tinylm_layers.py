@@ -56,3 +56,23 @@ def real_positions(attention_mask, B: int, T: int, device):
     if attention_mask is None:
         return torch.arange(T, device=device)[None].expand(B, T)
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.n_head = config.n_head
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=config.bias)
+        self.proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, attn_mask=None):
+        """x (B, T, C); attn_mask (B, 1, T, T) bool, True = may attend, or None (plain causal)."""
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        if attn_mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.dropout(self.proj(y.transpose(1, 2).contiguous().view(B, T, C)))

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .modeling_tinylm_layers import MLP, LayerNorm, allowed_mask
+from .modeling_tinylm_layers import MLP, LayerNorm, SelfAttention, allowed_mask
 
 
 def mlstm_parallel(q, k, v, i_pre, log_f, seg=None):
@@ -113,21 +113,16 @@ class MLSTMBlock(nn.Module):
         return x + self.mlstm(self.ln(x), seg)
 
 
-class WindowAttention(nn.Module):
+class WindowAttention(SelfAttention):
+    """Causal attention over the last `window` tokens (the query included), inside segments."""
+
     def __init__(self, config):
-        super().__init__()
-        self.n_head, self.window = config.n_head, config.mlstm_swa_window
-        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=config.bias)
-        self.proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        super().__init__(config)  # qkv, proj, dropout: the parameter names of tinylm's WindowAttention
+        self.window = config.mlstm_swa_window
 
     def forward(self, x, attention_mask=None):
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        mask = allowed_mask(attention_mask, T, True, x.device, window=self.window)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.dropout(self.proj(y.transpose(1, 2).reshape(B, T, C)))
+        mask = allowed_mask(attention_mask, x.shape[1], True, x.device, window=self.window)
+        return super().forward(x, mask)
 
 
 class WindowAttentionBlock(nn.Module):

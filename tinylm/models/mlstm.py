@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from tinylm import ops
 from tinylm.config import ModelConfig
-from tinylm.models.layers import LayerNorm, MLP, decay_groups, sample_next_token
+from tinylm.models.layers import MLP, LayerNorm, SelfAttention, decay_groups, sample_next_token
 
 FORMS = ("parallel", "chunkwise", "recurrent")
 FORGET_GATES = ("sigmoid", "exp")
@@ -337,7 +337,7 @@ class MLSTMBlock(nn.Module):
         return x + y, state
 
 
-class WindowAttention(nn.Module):
+class WindowAttention(SelfAttention):
     """Causal multi-head attention over the last `window` tokens (the query itself included).
 
     When the window covers the whole sequence this is plain causal attention through
@@ -348,13 +348,8 @@ class WindowAttention(nn.Module):
     """
 
     def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        if cfg.d_model % cfg.n_head:
-            raise ValueError(f"model.d_model={cfg.d_model} must be divisible by model.n_head={cfg.n_head}")
-        self.n_head, self.window = cfg.n_head, cfg.mlstm_swa_window
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
-        self.dropout = nn.Dropout(cfg.dropout)
+        super().__init__(cfg.d_model, cfg.n_head, cfg.bias, cfg.dropout, causal=True)  # qkv, proj, dropout
+        self.window = cfg.mlstm_swa_window
 
     def forward(self, x, seg=None, cache=None, want_cache=False):
         B, T, C = x.shape
