@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from report import save
+
 from tinylm.config import ModelConfig, TokenizerConfig
 from tinylm.data.tokenizer import BOS_ID, PAD_ID, train_tokenizer
 from tinylm.eval.formats import read_tasks
@@ -81,10 +83,7 @@ def main() -> int:
               f"causal scoring:          {t_score:.2f} s  ({args.pairs / t_score:,.0f} pairs/s)\n"
               f"67k pairs (BLiMP size):  {full:.1f} s{' (extrapolated)' if args.pairs != BLIMP_PAIRS else ''}; goal on one GPU: <= 120 s\n")
     print(report)
-    name = "cpu" if not cuda else card.replace(" ", "_")
-    out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"eval_{name}_{date}.md"
-    out.write_text("# Minimal-pair scoring speed\n\n```\n" + report + "```\n")
-    print(f"written to {out}")
+    save("eval", card, cuda, "Minimal-pair scoring speed", report.rstrip("\n"), args.out)
     return 0
 
 

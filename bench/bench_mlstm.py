@@ -20,9 +20,10 @@ import datetime as dt
 import platform
 import sys
 import time
-from pathlib import Path
 
 import torch
+
+from report import save, text_table
 
 from tinylm import ops
 from tinylm.models.mlstm import mlstm_cell
@@ -97,9 +98,7 @@ def main() -> int:
         print("  ".join(rows[-1]), flush=True)
 
     header = ("T", "mLSTM chunkwise us/tok", "mLSTM parallel us/tok", "attention us/tok", "attention / chunkwise")
-    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    fmt = " | ".join(f"{{:>{w}}}" for w in widths)
-    table = "\n".join([fmt.format(*header), "-+-".join("-" * w for w in widths), *(fmt.format(*r) for r in rows)])
+    table = text_table(header, rows, right=True)
     date = dt.date.today().isoformat()
     meta = (f"card: {card}\ndate: {date}\ntorch {torch.__version__}\ncommand: python {' '.join(sys.argv)}\n"
             f"{'forward' if args.forward_only else 'forward + backward'}; batch {B}; "
@@ -108,11 +107,7 @@ def main() -> int:
     if not cuda:
         meta += "note: CPU run with small dims: it shows how cost per token scales with T, not GPU speed\n"
     print("\n" + meta + "\n" + table)
-    name = card.split()[0].lower() if not cuda else card.replace(" ", "_")
-    out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"mlstm_{name}_{date}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("# mLSTM (chunkwise) vs causal attention: time per token\n\n```\n" + meta + "\n" + table + "\n```\n")
-    print(f"\nwritten to {out}")
+    save("mlstm", card, cuda, "mLSTM (chunkwise) vs causal attention: time per token", meta + "\n" + table, args.out)
     return 0
 
 

@@ -19,11 +19,12 @@ import datetime as dt
 import platform
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from report import save, text_table
 
 from tinylm import ops
 from tinylm.config import ModelConfig
@@ -157,17 +158,12 @@ def main() -> int:
             mfu = f"{flops_tok * tps / peak:.1%}" if peak else "-"
             rows.append((family, name, label, f"{tps:,.0f}", mfu, f"{results[best] / tps:.2f}x" if label != best else "1.00x"))
     header = ("family", "shape", "variant", "tokens/s", "MFU", f"{'tinylm[triton]' if cuda else 'tinylm[torch]'} / variant")
-    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    fmt = " | ".join(f"{{:{w}}}" for w in widths)
-    table = "\n".join([fmt.format(*header), "-+-".join("-" * w for w in widths), *(fmt.format(*r) for r in rows)])
+    table = text_table(header, rows)
     date = dt.date.today().isoformat()
     meta = (f"card: {card}\ndate: {date}\ntorch {torch.__version__}\ncommand: {' '.join(sys.argv)}\n"
             f"best of {args.rounds} alternating rounds of {args.steps} steps after {args.warmup} warm-up; {'bf16 autocast + torch.compile' if cuda else 'fp32 eager'}\n")
     print(meta + "\n" + table)
-    out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"train_{card.split()[0].lower() if not cuda else card.replace(' ', '_')}_{date}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("# Training throughput\n\n```\n" + meta + "\n" + table + "\n```\n")
-    print(f"\nwritten to {out}")
+    save("train", card, cuda, "Training throughput", meta + "\n" + table, args.out)
     return 0
 
 
