@@ -123,7 +123,8 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     seed: int = 1337
-    steps: int = 600  # optimizer steps
+    steps: int = 600  # optimizer steps (replaced by the derived count when epochs > 0)
+    epochs: float = 0.0  # >0: steps = epochs x the train split's windows / rows per step (BabyLM: at most 10)
     batch_size: int = 32  # sequences per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
     seq_len: int = 128

@@ -82,6 +82,17 @@ def find_resume_checkpoint(resume: str, run_dir: Path) -> Path | None:
     return path
 
 
+def steps_for_epochs(tc, train_tokens: int) -> int:
+    """Optimizer steps that visit the train split's windows `tc.epochs` times (the loader drops each
+    epoch's ragged tail, so the words seen stay within epochs x the split's words)."""
+    rows_per_epoch = (train_tokens - 1) // tc.seq_len
+    steps = int(tc.epochs * rows_per_epoch // (tc.batch_size * tc.grad_accum))
+    if steps < 1:
+        raise InputError(f"train.epochs={tc.epochs:g} is less than one step of {tc.batch_size * tc.grad_accum} rows over "
+                         f"{rows_per_epoch:,} windows; raise train.epochs or lower train.batch_size")
+    return steps
+
+
 def check_model_config(ckpt: Path, requested: ModelConfig) -> None:
     # Keys a checkpoint lacks were added to ModelConfig later: they count as their defaults.
     saved = asdict(ModelConfig()) | read_state(ckpt)["model_config"]
@@ -138,6 +149,10 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         raise InputError(f"train.seq_len={tc.seq_len} exceeds model.max_seq_len={cfg.model.max_seq_len}; raise one or lower the other")
     torch.manual_seed(tc.seed)
     data = prepare_data(cfg.data, cfg.tokenizer)
+    if tc.epochs > 0:
+        tc = replace(tc, steps=steps_for_epochs(tc, len(data.train.tokens)))
+        cfg = replace(cfg, train=tc)
+        print(f"train.epochs={tc.epochs:g}: {tc.steps:,} steps")
     if cfg.model.vocab_size not in (0, data.tokenizer.vocab_size):
         raise InputError(f"model.vocab_size={cfg.model.vocab_size} differs from the tokenizer's {data.tokenizer.vocab_size}; leave it 0")
     model_cfg = replace(cfg.model, vocab_size=data.tokenizer.vocab_size)
