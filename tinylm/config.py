@@ -219,7 +219,9 @@ class PretrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     kernels: str = "auto"  # auto | triton | torch (see tinylm.ops)
-    run_dir: str = MISSING  # set from hydra.run.dir / the sweep job dir in conf/pretrain.yaml
+    # Set from hydra.run.dir / the sweep job dir in conf/pretrain.yaml. Optional only because Hydra has
+    # no output dir yet under `--cfg job --resolve` (it prints null there); a run always has one.
+    run_dir: Optional[str] = MISSING
 
 
 def register_configs() -> None:

@@ -3,6 +3,7 @@
     python -m tinylm.pretrain model=gpt_10m optim.lr=1e-3
     python -m tinylm.pretrain -m optim.lr=1e-3,3e-3      # a sweep, one run directory per job
     python -m tinylm.pretrain --cfg job                  # print the composed config
+    python -m tinylm.pretrain from_run=RUN               # re-run a run from its config.yaml (tinylm/rerun.py)
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 from tinylm.cli import CONF_DIR, report_input_errors
 from tinylm.config import register_configs
 from tinylm.errors import InputError
+from tinylm.logs import detach_run_log
+from tinylm import rerun
 
 register_configs()
 
@@ -28,6 +31,8 @@ def main(cfg: DictConfig) -> dict:
     from tinylm.train.loop import pretrain
 
     try:
+        if rerun.is_saved_config(cfg):  # --config-dir RUN --config-name config (or from_run=RUN)
+            cfg = rerun.typed_saved_config(cfg, HydraConfig.get().runtime.output_dir)
         return pretrain(OmegaConf.to_object(cfg))
     except InputError as e:
         # Hydra creates the run directory before the job starts; a launch rejected before writing
@@ -41,6 +46,8 @@ def main(cfg: DictConfig) -> dict:
             print(f"error: {e}", file=sys.stderr)
             raise JobFailed(str(e)) from None
         raise
+    finally:
+        detach_run_log()  # a failed run leaves no handler on train.log behind
 
 
 class JobFailed(RuntimeError):
@@ -48,4 +55,9 @@ class JobFailed(RuntimeError):
 
 
 if __name__ == "__main__":
+    try:
+        sys.argv = [sys.argv[0], *rerun.expand_rerun_argv(sys.argv[1:])]
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     main()

@@ -29,6 +29,13 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """The process umask (reading it means setting it: put straight back)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
 def write_atomic(path: str | Path, data: bytes | str) -> None:
     """Write a file so that readers see either the old content or the new, never a torn write:
     temp file in the same folder, fsync, rename."""
@@ -36,6 +43,7 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600: a run file gets the usual mode
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
@@ -61,6 +69,7 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700
         yield tmp
         for child in tmp.iterdir():
             if child.is_file():

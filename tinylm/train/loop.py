@@ -8,6 +8,7 @@ exactly like the uninterrupted run (bit for bit on CPU).
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from dataclasses import asdict, replace
@@ -22,13 +23,17 @@ from tinylm.config import ModelConfig, PretrainConfig
 from tinylm.data.loader import fixed_windows, make_loader
 from tinylm.data.pipeline import PreparedData, prepare_data
 from tinylm.errors import InputError
+from tinylm.logs import attach_run_log, detach_run_log, progress_bar_wanted, step_line
 from tinylm.models import build_model
 from tinylm.train.checkpoint import checkpoint_dirs, load_checkpoint, read_state, save_checkpoint
 from tinylm.train.metrics import MetricsLog, plot_loss_curve
 from tinylm.train.milestones import MilestoneWriter
 from tinylm.train.objectives import Objective, build_objective, causal_lm_loss, pseudo_log_likelihood  # noqa: F401
 from tinylm.train.optim import build_optimizer, lr_at
+from tinylm.rerun import write_overrides
 from tinylm.utils import write_atomic, write_json_atomic
+
+log = logging.getLogger(__name__)
 
 # Dense bf16 peak FLOP/s by device name, for MFU (None elsewhere: MFU is then not reported).
 _PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12, "A10": 125e12}
@@ -178,15 +183,17 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         loader.load_state_dict(state["loader"])
         if "objective" in state:
             objective.load_state_dict(state["objective"])
-        print(f"resuming from {resume_ckpt} (step {step})")
+        log.info(f"resuming from {resume_ckpt} (step {step})")
     milestones = MilestoneWriter(run_dir, model, model_cfg, tc.milestones, tc.milestone_unit_words, words_seen, data.report,
                                  data.tokenizer.model_file)
 
     # From here on the run directory is written.
     run_dir.mkdir(parents=True, exist_ok=True)
+    attach_run_log(run_dir)
     full_config = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
     config_name = "config.yaml" if resume_ckpt is None else f"config.resumed_at_{step}.yaml"
     write_atomic(run_dir / config_name, OmegaConf.to_yaml(full_config))
+    write_overrides(run_dir, config_name)
     write_json_atomic(run_dir / "data_report.json", data.report)
     # The run directory is self-contained: evaluation and export need no cache.
     write_atomic(run_dir / "tokenizer.model", data.tokenizer.model_file.read_bytes())
@@ -198,8 +205,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     flops_per_step = model.flops_per_token(tc.seq_len) * tokens_per_step
     peak = peak_flops(device)
     n_params = model.num_params()
-    print(f"run directory: {run_dir}")
-    print(f"model: {model_cfg.family} {n_params / 1e6:.2f}M non-embedding parameters, vocab {model_cfg.vocab_size}; "
+    log.info(f"run directory: {run_dir}")
+    log.info(f"model: {model_cfg.family} {n_params / 1e6:.2f}M non-embedding parameters, vocab {model_cfg.vocab_size}; "
           f"data: {data.report['words_train']:,} train words, {data.report['tokens_train']:,} tokens; device {device}")
 
     def checkpoint() -> None:
@@ -210,7 +217,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         }, keep=tc.keep_checkpoints)
 
     progress = None
-    if tc.progress:
+    if progress_bar_wanted(tc.progress):
         from tqdm.auto import tqdm
 
         progress = tqdm(total=tc.steps, initial=step, desc="pretrain", unit="step", dynamic_ncols=True)
@@ -259,6 +266,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                 dev_loss = dev["dev_loss"]
                 row.update(dev)
             metrics.log(row)
+            log.info(step_line(row, tc.steps, time.perf_counter() - run_start, (tokens_seen - run_start_tokens) // tokens_per_step))
             if progress is not None:
                 progress.set_postfix(loss=f"{loss_value:.3f}", dev=f"{dev_loss:.3f}" if dev_loss else "-", tok_s=f"{tokens_per_s:,.0f}")
             interval_start, interval_tokens = time.perf_counter(), 0
@@ -266,6 +274,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             dev = evaluate(train_model, objective, dev_batches, autocast)
             dev_loss = dev["dev_loss"]
             metrics.log({"step": step, "tokens_seen": tokens_seen, "words_seen": words_seen, **dev})
+            log.info(step_line({"step": step, **dev}, tc.steps, time.perf_counter() - run_start, 0))
         if tc.sample_every and step % tc.sample_every == 0 and step != tc.steps:
             write_samples(model, data, list(tc.sample_prompts), tc.sample_tokens, tc.seed, step, run_dir / "samples.txt", device,
                           objective)
@@ -291,8 +300,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     }
     write_json_atomic(run_dir / "summary.json", summary)
     plot_loss_curve(run_dir, data.report["unigram_dev_loss"])
-    print(f"dev loss {dev_loss:.4f} nats/token (unigram baseline {data.report['unigram_dev_loss']:.4f}); "
+    log.info(f"dev loss {dev_loss:.4f} nats/token (unigram baseline {data.report['unigram_dev_loss']:.4f}); "
           f"{summary['tokens_per_s']:,.0f} tokens/s; samples in {run_dir / 'samples.txt'}")
-    print(f"run directory: {run_dir}")
+    log.info(f"run directory: {run_dir}")
+    detach_run_log()
     return summary
 
