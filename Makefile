@@ -6,13 +6,19 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
+# Hydra overrides in ARGS go through the shell once: a value with a comma or a space needs Hydra's
+# own quotes inside shell quotes, e.g. ARGS="'train.sample_prompts=[\"Hello, world\"]'" (or run
+# `tinylm pretrain 'train.sample_prompts=["Hello, world"]'`, one shell level, after make install).
+# make bench / bench-kernels write their results here, outside the tracked tree; use
+# BENCH_OUT=bench/results for a figure that goes into the repository.
+BENCH_OUT ?= runs/bench
 # torch pinned to the release whose CPU wheel this project is developed against; triton beside it
 # on Linux (the Triton kernels; CPU machines run them only under TRITON_INTERPRET=1 in tests).
 TORCH  := torch==2.13.0
 TRITON := $(if $(filter Linux,$(shell uname -s)),triton==3.7.1,)
 
 .DEFAULT_GOAL := help
-.PHONY: help install pretrain sweep eval export package test test-gpu bench bench-kernels clean data tokenizer
+.PHONY: help install pretrain sweep eval export package generate test test-gpu bench bench-kernels clean clean-data clean-runs data tokenizer
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -20,6 +26,7 @@ help:  ## list the targets
 install: $(STAMP)  ## create .venv with torch, triton and tinylm (idempotent)
 
 $(STAMP): pyproject.toml Makefile
+	@test ! -f $(STAMP) || echo "make: pyproject.toml or the Makefile changed since .venv was set up: updating .venv (make install)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH) $(TRITON)
 	$(PY) -m pip install -q -e ".[dev]"
@@ -43,6 +50,9 @@ eval: $(STAMP)  ## zero-shot minimal pairs + dev perplexity; ARGS="ckpt=RUN_DIR 
 export: $(STAMP)  ## Hugging Face folder (trust_remote_code); ARGS="ckpt=RUN_DIR out=DIR"
 	$(PY) -m tinylm.export $(ARGS)
 
+generate: $(STAMP)  ## sample from a run; ARGS="ckpt=RUN_DIR prompt='Once upon a time' n=5"
+	$(PY) -m tinylm.generate $(ARGS)
+
 package: $(STAMP)  ## BabyLM submission (final model + milestone revisions, card, compliance); ARGS="run=RUN_DIR out=DIR"
 	$(PY) -m tinylm.package $(ARGS)
 
@@ -52,11 +62,28 @@ test: $(STAMP)  ## the whole pytest suite (CPU; Triton kernels under the interpr
 test-gpu: $(STAMP)  ## only the tests marked gpu (bf16, real autotuning); needs CUDA
 	$(PY) -m pytest -q -m gpu $(ARGS)
 
-bench: $(STAMP)  ## training tokens/s (and MFU on CUDA) vs plain PyTorch models of the same shape; bench/results/
-	$(PY) bench/bench_train.py $(ARGS)
+bench: $(STAMP)  ## training tokens/s (and MFU on CUDA) vs plain PyTorch models of the same shape; to runs/bench/ (BENCH_OUT=DIR)
+	TINYLM_BENCH_RESULTS=$(BENCH_OUT) $(PY) bench/bench_train.py $(ARGS)
 
-bench-kernels: $(STAMP)  ## Triton kernels against PyTorch (GPU only); bench/results/
-	$(PY) bench/bench_kernels.py $(ARGS)
+bench-kernels: $(STAMP)  ## Triton kernels against PyTorch (GPU only); to runs/bench/ (BENCH_OUT=DIR)
+	TINYLM_BENCH_RESULTS=$(BENCH_OUT) $(PY) bench/bench_kernels.py $(ARGS)
 
-clean:  ## remove caches and run directories (keeps .venv)
-	rm -rf .cache runs .pytest_cache
+clean:  ## remove test and build leftovers (keeps .venv, the data cache and every run)
+	rm -rf .pytest_cache build dist *.egg-info
+	find . -name __pycache__ -type d -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
+
+clean-data:  ## remove the data cache .cache/ (rebuilt on the next run)
+	rm -rf .cache
+
+RUN_FOLDERS := runs outputs multiruns
+clean-runs:  ## remove every run (runs/, outputs/, multiruns/): lists them and asks; FORCE=1 skips the question
+	@found=$$(ls -d $(RUN_FOLDERS) 2>/dev/null); \
+	if [ -z "$$found" ]; then echo "no run folders ($(RUN_FOLDERS))"; exit 0; fi; \
+	for d in $$found; do echo "$$d/: $$(find $$d -name config.yaml | wc -l) run(s), $$(du -sh $$d | cut -f1)"; \
+	  find $$d -name config.yaml -exec dirname {} \; | sort | sed 's/^/  /'; done; \
+	if [ "$(FORCE)" != 1 ]; then \
+	  if [ ! -t 0 ]; then echo "error: not a terminal; pass FORCE=1 to remove these" >&2; exit 2; fi; \
+	  printf "remove all of the above? [y/N] "; read answer; \
+	  case "$$answer" in y|Y|yes) ;; *) echo "kept"; exit 0;; esac; \
+	fi; \
+	rm -rf $$found; echo "removed $$found"

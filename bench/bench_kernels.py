@@ -24,6 +24,7 @@ import argparse
 import csv
 import datetime as _dt
 import io
+import os
 import re
 import shlex
 import sys
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SECTIONS = ("attention", "doc", "layernorm")
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RESULTS_DIR = Path(os.environ.get("TINYLM_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")  # see report.py
 
 # (B, H, T, D, causal, padding mask)
 ATTN_SHAPES = [

@@ -5,9 +5,12 @@ after the card and the date under bench/results/ (the scripts import this as `re
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# `make bench` points this outside the tracked tree (TINYLM_BENCH_RESULTS=runs/bench); a figure meant
+# for the repository goes to bench/results/ (the default when the scripts run directly, or --out).
+RESULTS = Path(os.environ.get("TINYLM_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def text_table(header: tuple, rows: list[tuple], right: bool = False) -> str:
