@@ -157,7 +157,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     if tc.epochs > 0:
         tc = replace(tc, steps=steps_for_epochs(tc, len(data.train.tokens)))
         cfg = replace(cfg, train=tc)
-        print(f"train.epochs={tc.epochs:g}: {tc.steps:,} steps")
+        log.info(f"train.epochs={tc.epochs:g}: {tc.steps:,} steps")
     if cfg.model.vocab_size not in (0, data.tokenizer.vocab_size):
         raise InputError(f"model.vocab_size={cfg.model.vocab_size} differs from the tokenizer's {data.tokenizer.vocab_size}; leave it 0")
     model_cfg = replace(cfg.model, vocab_size=data.tokenizer.vocab_size)
