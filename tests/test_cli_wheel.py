@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -21,9 +22,15 @@ def _run(args, **kw):
 
 @pytest.mark.slow
 def test_wheel_installs_and_trains_from_another_directory(tmp_path, cache_dir):
-    # Build without isolation: no download of setuptools (the tests run offline).
+    # Build from a copy of what the wheel is made of (an in-tree build leaves build/ behind), without
+    # isolation: no download of setuptools (the tests run offline).
+    src = tmp_path / "src"
+    for name in ("tinylm", "kernels", "conf"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
     built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"),
-                  str(ROOT)], cwd=tmp_path)
+                  str(src)], cwd=tmp_path)
     assert built.returncode == 0, built.stderr
     wheel = next((tmp_path / "dist").glob("tinylm-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
