@@ -24,18 +24,33 @@ import torch.nn.functional as F
 from tinylm.data.tokenizer import BOS_ID, EOS_ID
 
 
+def resolve_run_path(run_dir: Path, recorded: str) -> Path | None:
+    """A path a run recorded, found from here: as recorded when absolute; a relative one (data.cache_dir
+    defaults to .cache/tinylm, relative to where training ran) is tried from the current directory,
+    then from the run directory and each folder above it. None when it exists nowhere."""
+    path = Path(recorded).expanduser()
+    if path.is_absolute():
+        return path if path.exists() else None
+    for base in (Path.cwd(), *[Path(run_dir).resolve(), *Path(run_dir).resolve().parents]):
+        if (base / path).exists():
+            return base / path
+    return None
+
+
 def dev_shard_of(run_dir: Path) -> tuple[Path | None, str]:
     """(the run's shard folder or None, reason when None)."""
     report_path = run_dir / "data_report.json"
     if not report_path.exists():
         return None, f"no data_report.json in {run_dir}"
-    shards = json.loads(report_path.read_text()).get("shards")
-    if not shards or not (Path(shards) / "meta.json").exists():
-        return None, f"the run's shard folder {shards} is gone (data.cache_dir cleaned or on another machine)"
-    meta = json.loads((Path(shards) / "meta.json").read_text())
+    recorded = json.loads(report_path.read_text()).get("shards")
+    shards = resolve_run_path(run_dir, recorded) if recorded else None
+    if shards is None or not (shards / "meta.json").exists():
+        return None, (f"the run's shard folder {recorded} is not found from here or from {run_dir} and the folders "
+                      "above it (data.cache_dir cleaned or on another machine)")
+    meta = json.loads((shards / "meta.json").read_text())
     if "dev" not in meta.get("splits", {}):
         return None, f"{shards} has no dev split"
-    return Path(shards), ""
+    return shards, ""
 
 
 @torch.no_grad()

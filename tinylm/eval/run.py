@@ -26,6 +26,7 @@ from tinylm.eval.formats import read_tasks
 from tinylm.eval.perplexity import dev_perplexity, dev_shard_of
 from tinylm.eval.report import aggregate, collate_predictions, format_table, plot_accuracies
 from tinylm.eval.scoring import causal_scores, encode_scored, judge, masked_scores, model_window
+from tinylm.train.positions import default_scorer, run_dir_of, run_objective, runs_causally as objective_runs_causally
 from tinylm.utils import write_atomic, write_json_atomic
 
 BACKEND = {"causal": "causal", "pll": "mlm", "pll_word": "mlm", "mntp": "mntp"}  # BabyLM pipeline names
@@ -42,10 +43,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def run_dir_of(ckpt: Path) -> Path:
-    return ckpt.parent.parent if (ckpt / "state.json").exists() else ckpt
-
-
 def runs_causally(model) -> bool:
     """A masked model whose forward takes causal=True (GPT-BERT) can also be scored causally."""
     return "causal" in inspect.signature(model.forward).parameters
@@ -55,13 +52,15 @@ def causal_forward_kwargs(model) -> dict:
     return {} if getattr(model, "causal", False) else {"causal": True}
 
 
-def choose_scorer(requested: str, model) -> str:
+def choose_scorer(requested: str, model, objective: str) -> str:
+    """scorer=auto follows the objective the run trained with (tinylm.train.positions): causal after
+    clm / distill, pll after mlm, mntp after hybrid. An explicit scorer must suit the model."""
     if requested not in SCORERS:
         raise InputError(f"scorer={requested!r} is not a scorer; use one of {', '.join(SCORERS)}")
     causal = bool(getattr(model, "causal", False))
     family = getattr(getattr(model, "cfg", None), "family", type(model).__name__)
     if requested == "auto":
-        return "causal" if causal else "pll"
+        return "causal" if causal else default_scorer(objective)
     if requested == "causal" and not causal and not runs_causally(model):
         raise InputError(f"scorer=causal needs a causal model; this checkpoint is a {family} (masked); use scorer=pll, pll_word or mntp")
     if requested != "causal" and causal:
@@ -69,18 +68,84 @@ def choose_scorer(requested: str, model) -> str:
     return requested
 
 
-def score_texts(model, tokenizer, scorer: str, texts, cfg: EvalConfig, device, word_starts=None) -> list[float]:
+def training_window(run_dir: Path, state: dict) -> int:
+    """The longest window the run trained on: train.seq_len, or with a sequence-length curriculum the
+    last stage the checkpoint's step (or words seen) reached; 0 when the run's config is gone."""
+    config = run_dir / "config.yaml"
+    if not config.exists():
+        return 0
+    from omegaconf import OmegaConf
+
+    from tinylm.config import CurriculumConfig, to_dataclass
+    from tinylm.data.curriculum import stage_lengths
+
+    raw = OmegaConf.to_container(OmegaConf.load(config), resolve=False)
+    seq_len = int((raw.get("train") or {}).get("seq_len") or 0)
+    curriculum = raw.get("curriculum") or {}
+    if not seq_len or curriculum.get("name", "none") == "none":
+        return seq_len
+    cur = to_dataclass(CurriculumConfig, curriculum)
+    stages = stage_lengths(cur, seq_len)
+    if len(stages) == 1:
+        return seq_len
+    if cur.seq_len_boundaries:
+        boundaries = [int(b) for b in cur.seq_len_boundaries]
+    else:  # by step, equal shares of train.steps (as CurriculumLoader)
+        steps = max(1, int((raw.get("train") or {}).get("steps") or 1))
+        boundaries = [round(steps * i / len(stages)) for i in range(1, len(stages))]
+    step = int(state.get("step") or 0)
+    at = max(step - 1, 0) if cur.seq_len_by == "step" else int((state.get("loader") or {}).get("step_words", 0))
+    return stages[sum(b <= at for b in boundaries)]
+
+
+def eval_window(cfg: EvalConfig, model, run_dir: Path, state: dict) -> tuple[int, str]:
+    """(tokens per scoring / perplexity window, where that number came from)."""
+    limit = model_window(model)
+    if cfg.max_len > 0:
+        return cfg.max_len, "max_len"
+    trained = training_window(run_dir, state)
+    if trained > 0:
+        return min(trained, limit), "the run's training seq_len (longest stage reached)"
+    return limit, "the model's max_seq_len (the run's config.yaml is absent)"
+
+
+def score_texts(model, scorer: str, texts, cfg: EvalConfig, window: int, device, word_starts=None) -> list[float]:
     if scorer == "causal":
-        return causal_scores(model, texts, BOS_ID, PAD_ID, cfg.batch_size, cfg.max_len, device,
+        return causal_scores(model, texts, BOS_ID, PAD_ID, cfg.batch_size, window, device,
                              forward_kwargs=causal_forward_kwargs(model))
     try:
         return masked_scores(model, texts, scorer, MASK_ID, PAD_ID, prefix=(BOS_ID,), suffix=(EOS_ID,),
-                             word_starts=word_starts, batch_size=cfg.batch_size, max_len=cfg.max_len, device=device)
+                             word_starts=word_starts, batch_size=cfg.batch_size, max_len=window, device=device)
     except TypeError as e:
         if "key_padding_mask" in str(e):
             raise InputError(f"scorer={scorer}: the model's forward takes no key_padding_mask; "
                              "masked scorers need a masked model") from None
         raise
+
+
+def score_files(model, tokenizer, scorer: str, files, cfg: EvalConfig, window: int, device):
+    """({file: per-item candidate scores}, {file: per-item verdicts}) with one line printed per file."""
+    word_starts = tokenizer.word_start_table() if scorer == "pll_word" else None
+    scores: dict[str, list[list[float]]] = {}
+    verdicts: dict[str, list] = {}
+    for tf in files:
+        t0 = time.perf_counter()
+        texts, owner = [], []
+        for n, item in enumerate(tf.items):
+            for text in encode_scored(tokenizer.sp, item.context, item.candidates):
+                texts.append(text)
+                owner.append(n)
+        flat = score_texts(model, scorer, texts, cfg, window, device, word_starts)
+        per_item: list[list[float]] = [[] for _ in tf.items]
+        for n, s in zip(owner, flat):
+            per_item[n].append(s)
+        scores[tf.source] = per_item
+        verdicts[tf.source] = [judge(s, item.correct, cfg.tie_credit) if item.correct is not None else None
+                               for item, s in zip(tf.items, per_item)]
+        done = [v for v in verdicts[tf.source] if v is not None]
+        shown = f"accuracy {100 * sum(v.credit for v in done) / len(done):.1f}%" if done else "graded"
+        print(f"  {tf.source}: {tf.task}, {len(tf.items)} items, {shown} ({time.perf_counter() - t0:.1f} s)")
+    return scores, verdicts
 
 
 @torch.no_grad()
@@ -124,51 +189,43 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     ckpt = Path(cfg.ckpt).expanduser()
     model, tokenizer, state = load_trained(ckpt, device)
     run_dir = run_dir_of(ckpt)
-    scorer = choose_scorer(cfg.scorer, model)
+    objective = run_objective(run_dir, state.get("model_config", {}).get("family", "gpt"))
+    scorer = choose_scorer(cfg.scorer, model, objective)
+    # next-token log-probs mean something for this model (clm, distill, hybrid): dev perplexity, samples,
+    # and the causal scores beside a masked scorer (GPT-BERT is reported both ways)
+    causal = objective_runs_causally(objective) and (bool(getattr(model, "causal", False)) or runs_causally(model))
+    window, window_source = eval_window(cfg, model, run_dir, state)
     out = Path(cfg.out).expanduser() if cfg.out else run_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    word_starts = tokenizer.word_start_table() if scorer == "pll_word" else None
-    print(f"evaluating {ckpt} (step {state.get('step')}) with scorer={scorer} on {len(files)} file(s); device {device}")
-
-    scores: dict[str, list[list[float]]] = {}
-    verdicts: dict[str, list] = {}
-    for tf in files:
-        t0 = time.perf_counter()
-        texts, owner = [], []
-        for n, item in enumerate(tf.items):
-            for text in encode_scored(tokenizer.sp, item.context, item.candidates):
-                texts.append(text)
-                owner.append(n)
-        flat = score_texts(model, tokenizer, scorer, texts, cfg, device, word_starts)
-        per_item: list[list[float]] = [[] for _ in tf.items]
-        for n, s in zip(owner, flat):
-            per_item[n].append(s)
-        scores[tf.source] = per_item
-        verdicts[tf.source] = [judge(s, item.correct, cfg.tie_credit) if item.correct is not None else None
-                               for item, s in zip(tf.items, per_item)]
-        done = [v for v in verdicts[tf.source] if v is not None]
-        shown = f"accuracy {100 * sum(v.credit for v in done) / len(done):.1f}%" if done else "graded"
-        print(f"  {tf.source}: {tf.task}, {len(tf.items)} items, {shown} ({time.perf_counter() - t0:.1f} s)")
+    print(f"evaluating {ckpt} (step {state.get('step')}, objective {objective}) with scorer={scorer} on {len(files)} "
+          f"file(s), window {window} tokens; device {device}")
+    scores, verdicts = score_files(model, tokenizer, scorer, files, cfg, window, device)
 
     results: dict[str, Any] = {
         "checkpoint": str(ckpt), "run_dir": str(run_dir), "step": state.get("step"),
         "tokens_seen": state.get("tokens_seen"), "words_seen": state.get("words_seen"),
-        "model": state.get("model_config", {}), "scorer": scorer, "babylm_backend": BACKEND[scorer],
+        "model": state.get("model_config", {}), "objective": objective, "scorer": scorer,
+        "babylm_backend": BACKEND[scorer], "window": {"tokens": window, "source": window_source},
         "tie_credit": cfg.tie_credit, "tasks_dir": str(Path(cfg.tasks).expanduser()), "max_items": cfg.max_items,
         "ignored_files": ignored,
     }
     results |= aggregate(files, scores, verdicts)
     # one number per task, as BabyLM reports it (accuracy; Spearman's rho for wug)
     results["summary"] = {task: entry["macro"] for task, entry in results["tasks"].items()}
+    if causal and scorer != "causal":
+        print("the same files scored causally (the model also trained as a causal LM):")
+        beside = aggregate(files, *score_files(model, tokenizer, "causal", files, cfg, window, device))
+        results["causal_beside"] = {"scorer": "causal", "babylm_backend": BACKEND["causal"],
+                                    "summary": {task: entry["macro"] for task, entry in beside["tasks"].items()},
+                                    "tasks": beside["tasks"]}
 
-    causal = scorer == "causal"
     if cfg.dev and causal:
         shard_dir, why = dev_shard_of(run_dir)
-        results["dev"] = (dev_perplexity(model, tokenizer, shard_dir, model_window(model, cfg.max_len), cfg.batch_size,
+        results["dev"] = (dev_perplexity(model, tokenizer, shard_dir, window, cfg.batch_size,
                                          cfg.dev_max_tokens, device, causal_forward_kwargs(model))
                           if shard_dir else {"skipped": why})
     else:
-        results["dev"] = {"skipped": "dev=false" if not cfg.dev else "not a causal model"}
+        results["dev"] = {"skipped": "dev=false" if not cfg.dev else f"not a causal model (objective {objective})"}
     if cfg.samples and causal and hasattr(model, "generate"):
         results["samples"] = write_samples(model, tokenizer, _run_prompts(run_dir), cfg.sample_tokens, cfg.seed, device,
                                            out / "samples.txt")
@@ -184,7 +241,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
               f"({dev['tokens']:,} tokens)")
     else:
         print(f"dev perplexity skipped: {dev['skipped']}")
-    print("summary: " + ", ".join(f"{task} {value:.3f}" for task, value in results["summary"].items()))
+    print(f"summary ({scorer}): " + ", ".join(f"{task} {value:.3f}" for task, value in results["summary"].items()))
+    if "causal_beside" in results:
+        print("summary (causal): " + ", ".join(f"{task} {value:.3f}" for task, value in results["causal_beside"]["summary"].items()))
     print(f"results: {out / 'results.json'}")
     return results
 

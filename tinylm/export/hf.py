@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from tinylm.errors import InputError
+from tinylm.train.positions import run_dir_of, run_objective
 from tinylm.utils import atomic_dir
 
 TEMPLATE_DIR = Path(__file__).resolve().parent
@@ -74,18 +75,6 @@ def auto_map(family: str, objective: str) -> dict[str, str]:
     return out
 
 
-def run_objective(run_dir: Path, family: str) -> str:
-    """The objective a run trained with: objective.name of its newest resolved config (config.yaml,
-    or the config.resumed_at_N.yaml of its latest resume); clm (mlm for bert) when none is there."""
-    configs = sorted(run_dir.glob("config.resumed_at_*.yaml"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
-    configs = configs[-1:] or [run_dir / "config.yaml"]
-    if configs[0].exists():
-        from omegaconf import OmegaConf
-
-        name = OmegaConf.select(OmegaConf.load(configs[0]), "objective.name")
-        if name:
-            return str(name)
-    return "mlm" if family == "bert" else "clm"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Texts every export checks for id parity (whitespace runs, newlines, tabs, digits, accents,
 # ligatures, emoji, special-token look-alikes).
@@ -293,7 +282,7 @@ def export_hf(ckpt: str | Path, out: str | Path | None = None, dtype: str = "flo
     if dtype not in DTYPES:
         raise InputError(f"dtype={dtype!r} is not supported; use one of {', '.join(DTYPES)}")
     ckpt = Path(ckpt).expanduser()
-    run_dir = ckpt.parent.parent if (ckpt / "state.json").exists() else ckpt
+    run_dir = run_dir_of(ckpt)
     out = Path(out).expanduser() if out else run_dir / "hf"
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise InputError(f"out={out} already exists and is not empty; pass overwrite=true or choose another folder")

@@ -52,7 +52,8 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def build_package(cfg: PackageConfig) -> Path:
-    from tinylm.export.hf import DTYPES, export_hf, run_objective
+    from tinylm.export.hf import DTYPES, export_hf
+    from tinylm.train.positions import run_objective
 
     run_dir = Path(cfg.run).expanduser()
     if cfg.dtype not in DTYPES:
