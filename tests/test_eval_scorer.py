@@ -148,3 +148,24 @@ def test_eval_window_follows_the_longest_seq_len_stage_reached(tmp_path, prepare
     assert training_window(run, {"step": 4}) == 16
     assert training_window(run, {"step": 9}) == 32
     assert training_window(tmp_path / "absent", {"step": 9}) == 0
+
+
+def test_eval_from_another_directory_finds_the_runs_relative_data(tmp_path, prepared, monkeypatch):
+    """data.cache_dir is relative by default: the data report records .cache/... relative to where
+    training ran. Evaluated from elsewhere, the shards are found from the run directory upwards."""
+    project = tmp_path / "project"
+    (project / ".cache").mkdir(parents=True)
+    (project / ".cache" / "data").symlink_to(prepared.shard_dir)
+    run, model = constructed_run(tmp_path, prepared, "hybrid")
+    moved = project / "runs" / "a"
+    moved.parent.mkdir()
+    shutil.move(str(run), moved)
+    (moved / "data_report.json").write_text(json.dumps({"shards": ".cache/data"}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    results = run_eval(monkeypatch, moved, model, prepared.tokenizer, tmp_path)
+    assert results["dev"]["perplexity"] > 1 and results["dev"]["shards"] == str(project / ".cache" / "data")
+    (moved / "data_report.json").write_text(json.dumps({"shards": ".cache/gone"}))
+    results = run_eval(monkeypatch, moved, model, prepared.tokenizer, tmp_path)
+    assert "not found from here or from" in results["dev"]["skipped"]

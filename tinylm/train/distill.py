@@ -2,9 +2,10 @@
 
 `distillation_loss` is Hinton et al.'s temperature-scaled soft-target loss against the mean of the
 teachers' distributions; `load_teachers` loads the teacher runs of `objective.teachers` (frozen, eval
-mode) and checks that they share the student's vocabulary and tokenizer and suit the objective (bert
-teachers for mlm and hybrid). The objectives (tinylm.train.objectives) run the teachers and mix the
-soft loss with the hard one (`distill_alpha`).
+mode) and checks that they share the student's vocabulary and tokenizer and predict at the positions
+the student's loss reads them (from each teacher's recorded objective, `position_mismatch`). The
+objectives (tinylm.train.objectives) run the teachers and mix the soft loss with the hard one
+(`distill_alpha`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,14 @@ import torch.nn.functional as F
 
 from tinylm.config import ObjectiveConfig
 from tinylm.errors import InputError
+from tinylm.train.positions import CAUSAL, MASKED, MASKED_NEXT, reads, run_dir_of, run_objective
+
+# What the student's loss reads from the teachers: the causal rows need next-token predictions of a
+# causally run teacher; mlm rows a teacher that predicts a masked token at its own position; the
+# masked rows of hybrid (MNTP) one that predicts it at the position before.
+NEEDS = {"clm": (CAUSAL,), "distill": (CAUSAL,), "mlm": (MASKED,), "hybrid": (CAUSAL, MASKED_NEXT)}
+MEANING = {CAUSAL: "next-token predictions when run causally", MASKED: "a masked token predicted at its own position (MLM)",
+           MASKED_NEXT: "a masked token predicted at the position before it (MNTP)"}
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: list[torch.Tensor], temperature: float) -> torch.Tensor:
@@ -27,6 +36,18 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: list[torch.T
     log_p_student = F.log_softmax(student_logits.float() / T, dim=-1)
     kl = (torch.special.xlogy(p_teacher, p_teacher) - p_teacher * log_p_student).sum(dim=-1)
     return kl.mean() * T * T
+
+
+def position_mismatch(student_objective: str, teacher_objective: str, teacher_family: str) -> str:
+    """Why a teacher trained with `teacher_objective` cannot give the soft targets a student trained
+    with `student_objective` reads ("" when it can): both must predict each token at the same position."""
+    missing = [r for r in NEEDS[student_objective] if r not in reads(teacher_objective)]
+    if not missing:
+        return ""
+    return (f"it is a {teacher_family} trained with objective={teacher_objective}, so it gives "
+            f"{' and '.join(MEANING[r] for r in reads(teacher_objective))}, but the student reads "
+            f"{' and '.join(MEANING[r] for r in missing)}; use teachers trained with "
+            f"{' or '.join(o for o in NEEDS if all(r in reads(o) for r in NEEDS[student_objective]))}")
 
 
 def load_teachers(cfg: ObjectiveConfig, vocab_size: int, tokenizer, device: torch.device) -> list:
@@ -46,12 +67,9 @@ def load_teachers(cfg: ObjectiveConfig, vocab_size: int, tokenizer, device: torc
         ):
             raise InputError(f"objective.teachers: {path} uses a different tokenizer (same size, other pieces); teachers "
                              "must be trained on the same corpus with the same tokenizer settings")
-        if cfg.name == "mlm" and model.causal:
-            raise InputError(f"objective.teachers: {path} is a causal model ({model.cfg.family}); objective=mlm needs "
-                             "bidirectional (bert) teachers")
-        if cfg.name == "hybrid" and model.causal:
-            raise InputError(f"objective.teachers: {path} is a causal model ({model.cfg.family}); objective=hybrid "
-                             "needs bert teachers (they are run both ways)")
+        problem = position_mismatch(cfg.name, run_objective(run_dir_of(Path(path)), model.cfg.family), model.cfg.family)
+        if problem:
+            raise InputError(f"objective.teachers: {path} does not fit objective={cfg.name}: {problem}")
         model.requires_grad_(False)
         teachers.append(model)
     return teachers
