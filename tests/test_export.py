@@ -159,6 +159,13 @@ def test_bfloat16_export_passes_its_own_check(run_dir, tmp_path):
     out = export_hf(run_dir, tmp_path / "bf16", dtype="bfloat16", check=True)
     report = json.loads((out / "tinylm_export.json").read_text())
     assert report["dtype"] == "bfloat16" and report["checks"]["max_abs_logit_diff"] < 1e-4
+    # stored in bf16, but loaded (as the BabyLM pipeline loads it: no dtype) and run in float32
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    assert report["checks"]["load_dtype"] == "float32"
+    assert next(AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=True).parameters()).dtype == torch.float32
     with pytest.raises(InputError, match="already exists and is not empty"):
         export_hf(run_dir, out)
 

@@ -61,6 +61,7 @@ def test_submission_folder_layout_card_and_compliance(package, gpt_run):
         report = json.loads((package / f"chck_{n}M" / "tinylm_export.json").read_text())
         assert report["milestone"] == f"chck_{n}M" and report["checks"]["max_abs_logit_diff"] < 1e-4
         assert report["words_seen"] >= n * UNIT
+        assert report["scorer"] == "causal" and report["babylm_backend"] == "causal"
     compliance = json.loads((package / "compliance.json").read_text())
     assert compliance["compliant"] and compliance["failures"] == []
     assert {c["name"]: c["status"] for c in compliance["checks"]} == {
@@ -120,7 +121,11 @@ def test_gpt_bert_package_loads_as_masked_and_causal_lm(hybrid_package):
     with torch.no_grad():
         torch.testing.assert_close(masked(input_ids=ids).logits, native(ids), atol=1e-4, rtol=0)
         torch.testing.assert_close(causal(input_ids=ids).logits, native(ids, causal=True), atol=1e-4, rtol=0)
-    assert "AutoModelForMaskedLM" in (package / "README.md").read_text()
+    card = (package / "README.md").read_text()
+    assert "AutoModelForMaskedLM" in card and "scored with `mntp`" in card and "`--backend mntp`" in card
+    for folder in (package, package / "chck_1M"):  # the export's metadata says how to score it
+        report = json.loads((folder / "tinylm_export.json").read_text())
+        assert report["objective"] == "hybrid" and report["scorer"] == "mntp" and report["babylm_backend"] == "mntp"
 
 
 def _push(package, *args, env=None):

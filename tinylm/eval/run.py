@@ -26,10 +26,9 @@ from tinylm.eval.formats import read_tasks
 from tinylm.eval.perplexity import dev_perplexity, dev_shard_of
 from tinylm.eval.report import aggregate, collate_predictions, format_table, plot_accuracies
 from tinylm.eval.scoring import causal_scores, encode_scored, judge, masked_scores, model_window
-from tinylm.train.positions import default_scorer, run_dir_of, run_objective, runs_causally as objective_runs_causally
+from tinylm.train.positions import BABYLM_BACKEND as BACKEND, default_scorer, run_dir_of, run_objective, runs_causally as objective_runs_causally
 from tinylm.utils import write_atomic, write_json_atomic
 
-BACKEND = {"causal": "causal", "pll": "mlm", "pll_word": "mlm", "mntp": "mntp"}  # BabyLM pipeline names
 DEFAULT_PROMPTS = ["Once upon a time", "The little dog", "Where is the ball?"]
 
 

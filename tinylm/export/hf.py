@@ -10,7 +10,12 @@
       tokenizer.json, tokenizer_config.json, special_tokens_map.json
                                 a fast tokenizer whose ids equal the sentencepiece ids
       sentencepiece.model       the run's original tokenizer, for reference
-      tinylm_export.json        where it came from: checkpoint, step, tokens and words seen, checks
+      tinylm_export.json        where it came from: checkpoint, step, tokens and words seen, objective,
+                                how to score it (scorer, babylm_backend), checks
+
+Weights are stored in `dtype` (float32 by default); config.json's dtype is float32 whatever the
+storage, so the folder loads and runs in float32 under transformers 4 and 5 alike, and the check
+loads it the way the BabyLM pipeline does (no dtype argument).
 
 The fast tokenizer is built from the sentencepiece model itself (not through a slow tokenizer
 class): sentencepiece's precompiled normalisation rules, its whitespace handling (strip, collapse
@@ -43,7 +48,7 @@ from typing import Any
 import torch
 
 from tinylm.errors import InputError
-from tinylm.train.positions import run_dir_of, run_objective
+from tinylm.train.positions import BABYLM_BACKEND, default_scorer, run_dir_of, run_objective
 from tinylm.utils import atomic_dir
 
 TEMPLATE_DIR = Path(__file__).resolve().parent
@@ -260,7 +265,13 @@ def _check_export(folder: Path, native, sp_tokenizer, max_len: int, dtype: torch
     diffs = {}
     for head in heads:
         auto = AutoModelForCausalLM if head == "causal" else AutoModelForMaskedLM
-        hf = auto.from_pretrained(str(folder), trust_remote_code=True, dtype=torch.float32).eval()
+        # loaded as the BabyLM pipeline loads it (no dtype argument), so the check runs in the dtype
+        # the folder will be scored in
+        hf = auto.from_pretrained(str(folder), trust_remote_code=True).eval()
+        load_dtype = next(hf.parameters()).dtype
+        if load_dtype != torch.float32:
+            raise RuntimeError(f"the exported folder loads in {load_dtype} ({auto.__name__}, no dtype given), not "
+                               "float32: minimal pairs would be scored in low precision (ties)")
         kwargs = {"causal": True} if head == "causal" and not getattr(reference, "causal", True) else {}
         with torch.no_grad():
             want = reference(ids["input_ids"], **kwargs)
@@ -270,7 +281,7 @@ def _check_export(folder: Path, native, sp_tokenizer, max_len: int, dtype: torch
             raise RuntimeError(f"exported model logits ({auto.__name__}) differ from the native model by "
                                f"{diffs[head]:.2e} (> 1e-4)")
     return {"tokenizer_id_parity_texts": len(PARITY_TEXTS), "max_abs_logit_diff": max(diffs.values()),
-            "max_abs_logit_diff_per_head": diffs}
+            "max_abs_logit_diff_per_head": diffs, "load_dtype": "float32"}
 
 
 def export_hf(ckpt: str | Path, out: str | Path | None = None, dtype: str = "float32", check: bool = True,
@@ -304,6 +315,10 @@ def export_hf(ckpt: str | Path, out: str | Path | None = None, dtype: str = "flo
         config_path = tmp / "config.json"
         saved = json.loads(config_path.read_text())
         saved["auto_map"] = auto_map(family, objective)
+        # The compute dtype: transformers >= 5 loads a folder in config.dtype when no dtype is given (else
+        # in the stored one), 4.x in float32. A bf16/fp16 export stores rounded weights and still runs in
+        # float32, so minimal pairs are not scored in low precision (bf16 logits tie often).
+        saved["dtype"] = saved["torch_dtype"] = "float32"
         config_path.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
         for name in TEMPLATES:
             shutil.copyfile(TEMPLATE_DIR / name, tmp / name)
@@ -314,6 +329,8 @@ def export_hf(ckpt: str | Path, out: str | Path | None = None, dtype: str = "flo
             "source_checkpoint": str(ckpt), "step": state.get("step"), "tokens_seen": state.get("tokens_seen"),
             "words_seen": state.get("words_seen"), "model_config": model_config, "objective": objective,
             "dtype": dtype, "heads": heads,
+            # how to score it (tinylm.eval scorer=auto, the BabyLM pipeline's --backend): from the objective
+            "scorer": default_scorer(objective), "babylm_backend": BABYLM_BACKEND[default_scorer(objective)],
         }
         if "milestone" in state:
             report["milestone"] = state["milestone"]

@@ -27,6 +27,7 @@ from typing import Any
 from tinylm.errors import InputError
 from tinylm.package.compliance import check_compliance, format_compliance, load_run
 from tinylm.package.config import PackageConfig
+from tinylm.train.positions import BABYLM_BACKEND, default_scorer
 from tinylm.train.checkpoint import read_state
 from tinylm.train.milestones import existing_milestones, expected_milestones, milestone_name
 from tinylm.utils import atomic_dir
@@ -191,7 +192,15 @@ def model_card(cfg: PackageConfig, run_dir: Path, config: dict, report: dict, st
                           "train": {k: v for k, v in config.get("train", {}).items()
                                     if k not in ("sample_prompts", "progress", "device", "threads")}}), "```", "",
     ]
-    lines += ["## Evaluation", ""]
+    scorer = default_scorer(objective)
+    backend = BABYLM_BACKEND[scorer]
+    lines += ["## Evaluation", "",
+              f"Trained with `{objective}`, so it is scored with `{scorer}` (tinylm.eval `scorer=auto`) and with the BabyLM "
+              f"2025 pipeline's `--backend {backend}`"
+              + (" (`--backend causal` also works: GPT-BERT runs causally)." if objective == "hybrid" else "."), ""]
+    if results and results.get("scorer") != scorer:
+        lines += [f"Warning: the packaged scores used scorer `{results.get('scorer')}`, not `{scorer}`: re-run "
+                  "`python -m tinylm.eval` with `scorer=auto` for the scores this model is meant to be read with.", ""]
     if results:
         lines += [f"Zero-shot scores of step {results.get('step')} (scorer `{results.get('scorer')}`, BabyLM backend "
                   f"`{results.get('babylm_backend')}`)" + ("" if results.get("step") == state["step"] else
@@ -200,10 +209,16 @@ def model_card(cfg: PackageConfig, run_dir: Path, config: dict, report: dict, st
         lines += [f"| {task} | {value:.3f} |" if isinstance(value, (int, float)) else f"| {task} | n/a |"
                   for task, value in (results.get("summary") or {}).items()]
         dev = results.get("dev") or {}
+        beside = (results.get("causal_beside") or {}).get("summary") or {}
+        if beside:
+            lines += ["", "Scored causally as well: " + ", ".join(
+                f"{task} {value:.3f}" if isinstance(value, (int, float)) else f"{task} n/a" for task, value in beside.items()) + "."]
         if "perplexity" in dev:
             lines += ["", f"Dev perplexity {dev['perplexity']:.2f} ({dev.get('bits_per_byte', float('nan')):.4f} bits per byte)."]
         if has_predictions:
-            lines += ["", "`predictions.json` holds the predictions in the BabyLM 2025 collate format."]
+            lines += ["", "`predictions.json` holds the zero-shot predictions (BLiMP, supplement, EWoK, entity tracking, "
+                      "wug; the scorer above) in the BabyLM 2025 collate format; reading, AoA and the fine-tuning "
+                      "tasks are not part of it."]
     else:
         lines += ["No evaluation results were packaged (run `python -m tinylm.eval ckpt=RUN_DIR tasks=...` first)."]
     lines += ["", "## Milestones", "",

@@ -24,6 +24,8 @@ MASKED_NEXT = "masked_next"  # run bidirectionally with token k masked, read at 
 
 READS = {"clm": (CAUSAL,), "distill": (CAUSAL,), "mlm": (MASKED,), "hybrid": (MASKED_NEXT, CAUSAL)}
 SCORER = {CAUSAL: "causal", MASKED: "pll", MASKED_NEXT: "mntp"}
+# tinylm.eval's scorers under the names of the BabyLM 2025 pipeline's --backend
+BABYLM_BACKEND = {"causal": "causal", "pll": "mlm", "pll_word": "mlm", "mntp": "mntp"}
 
 
 def run_dir_of(ckpt: Path) -> Path:
