@@ -179,6 +179,32 @@ def test_python_m_tinylm_export(run_dir, tmp_path):
     assert report["step"] == 8 and report["checks"]["max_abs_logit_diff"] < 1e-4
 
 
+def _hf_text_score(lm, ids):
+    """Sum of log p(token | tokens before it) over ids[1:] (ids[0] is <s>), from one forward pass."""
+    with torch.no_grad():
+        logits = lm(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.double()
+    return float(logits[0, :-1].log_softmax(-1).gather(1, ids[0, 1:, None]).sum())
+
+
+def test_a_text_longer_than_the_training_window_is_scored_like_tinylm_eval(exported, native):
+    """Entity-tracking inputs run past a 256-position GPT: the export scores them in the sliding
+    windows tinylm.eval uses, so both give the same log-probability (and nothing crashes)."""
+    from tinylm.eval.scoring import causal_scores
+
+    model, sp_tok, _ = native
+    tok = AutoTokenizer.from_pretrained(str(exported), trust_remote_code=True)
+    lm = AutoModelForCausalLM.from_pretrained(str(exported), trust_remote_code=True).eval()
+    text = " ".join(["Box 1 contains the hat and the book, Box 2 contains nothing."] * 12)
+    ids = tok(text, return_tensors="pt")["input_ids"]
+    window = model.cfg.max_seq_len
+    assert ids.shape[1] > 2 * window  # at least three windows
+    want = causal_scores(model, [(ids[0, 1:].tolist(), [True] * (ids.shape[1] - 1))], 2, 0, max_len=window)[0]
+    assert _hf_text_score(lm, ids) == pytest.approx(want, abs=1e-3)
+    short = ids[:, :window]  # within the window: one plain forward, as before
+    assert _hf_text_score(lm, short) == pytest.approx(
+        causal_scores(model, [(short[0, 1:].tolist(), [True] * (window - 1))], 2, 0)[0], abs=1e-3)
+
+
 # --------------------------------------------------------------------------------------------------
 # every family: BERT (mlm), GPT-BERT (bert + hybrid), mLSTM
 
@@ -247,6 +273,11 @@ def test_every_family_exports_loads_and_matches_the_native_model(family_export):
         with torch.no_grad():  # ... and equal the native model on the unpadded ids
             first = tok(sentences[1], return_tensors="pt")["input_ids"]
             torch.testing.assert_close(alone[1], native(first, **kwargs)[0], atol=1e-4, rtol=0)
+    if name == "mlstm":  # no position table: a text 3x the training window runs as it is
+        long = torch.randint(7, sp_tok.vocab_size, (1, 3 * state["model_config"]["max_seq_len"]))
+        lm = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(lm(input_ids=long).logits, native(long), atol=1e-4, rtol=0)
         if head == "AutoModelForCausalLM":  # generate() works without a cache
             assert model.generate(first, max_new_tokens=3, do_sample=False).shape == (1, first.shape[1] + 3)
 

@@ -23,8 +23,16 @@ one to one (the body under `model.`, the head at the top: `lm_head`, and for BER
 
 attention_mask (B, T; 1 = real token) is honoured with left or right padding: padded keys are never
 attended to and positions count real tokens only, so padding does not change a sentence's logits.
+
+Texts longer than the training window (BabyLM's entity tracking has inputs of 268+ tokens):
+- gpt: its learned position table ends at max_seq_len, so AutoModelForCausalLM scores a longer text
+  in sliding windows (max_seq_len tokens every max_seq_len // 2, the windows tinylm.eval uses).
+- mlstm: no position table; the recurrence and the sliding-window attention take any length.
+- bert: relative (bucketed) or rotary positions are defined at any distance; the body's length
+  check (modeling_tinylm_bert.py) decides whether it accepts more than max_seq_len.
 """
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import transformers
@@ -139,9 +147,13 @@ class TinyLMForCausalLM(_WithHead, GenerationMixin):
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, labels=None,
                 output_hidden_states=None, return_dict=None, **kwargs):
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         inputs_embeds=inputs_embeds, output_hidden_states=output_hidden_states, causal=True)
-        logits = self.logits(out.last_hidden_state)
+        T = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        if self.config.family == "gpt" and T > self.config.max_seq_len and position_ids is None:
+            logits, hidden_states = self._sliding_window_logits(input_ids, attention_mask, inputs_embeds), None
+        else:
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             inputs_embeds=inputs_embeds, output_hidden_states=output_hidden_states, causal=True)
+            logits, hidden_states = self.logits(out.last_hidden_state), out.hidden_states
         loss = None
         if labels is not None:
             shift_logits = logits[:, :-1].float()
@@ -149,7 +161,25 @@ class TinyLMForCausalLM(_WithHead, GenerationMixin):
             if attention_mask is not None:
                 shift_labels = shift_labels.masked_fill(attention_mask[:, 1:] == 0, -100)
             loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=-100)
-        return CausalLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+        return CausalLMOutput(loss=loss, logits=logits, hidden_states=hidden_states)
+
+    def _sliding_window_logits(self, input_ids, attention_mask, inputs_embeds):
+        """Logits of a text longer than the GPT's position table (max_seq_len = W): windows of W
+        tokens every W // 2, each position's logits taken from the first window that reaches it, so
+        every token after the first window sees at least W // 2 tokens of context. tinylm.eval scores
+        long texts with the same windows, so both give the same log-probabilities."""
+        W = self.config.max_seq_len
+        stride = max(W // 2, 1)
+        T = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        chunks, begin, done = [], 0, 0
+        while done < T:
+            end = min(begin + W, T)
+            out = self.model(input_ids=input_ids[:, begin:end] if input_ids is not None else None,
+                             attention_mask=attention_mask[:, begin:end] if attention_mask is not None else None,
+                             inputs_embeds=inputs_embeds[:, begin:end] if inputs_embeds is not None else None, causal=True)
+            chunks.append(self.logits(out.last_hidden_state[:, done - begin :]))
+            done, begin = end, begin + stride
+        return torch.cat(chunks, dim=1)
 
     def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
         # No key/value cache: the whole (window of the) sequence is recomputed at each step.
