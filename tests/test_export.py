@@ -124,6 +124,30 @@ def test_tokenizer_ids_equal_sentencepiece(exported, native):
     assert (tok.pad_token_id, tok.eos_token_id, tok.mask_token_id) == (0, 3, 4)
 
 
+def test_pieces_decoded_one_at_a_time_re_encode_to_the_same_ids(exported, native):
+    """The BabyLM reading task decodes word pieces one at a time and re-encodes the text: pieces
+    decoded singly must join into text that encodes back to the same ids, as sentencepiece's whole
+    text round trip does (no piece may lose the space its "▁" stands for: "wound up ta" != "upta")."""
+    _, sp_tok, _ = native
+    tok = AutoTokenizer.from_pretrained(str(exported), trust_remote_code=True)
+    words = sorted({w for line in (ROOT / "tinylm" / "data" / "default_corpus.py").read_text().split("\n")
+                    for w in line.replace('"', " ").split() if w.isalpha()})[:400]
+    words += ["uptake", "wound", "She", "naïve", "Zebras", "xylophones"]
+    checked = 0
+    for text in words + [" ".join(words[i : i + 7]) for i in range(0, len(words), 7)]:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert ids == sp_tok.encode([text])[0]
+        pieces = [tok.decode([i]) for i in ids]
+        if any("\ufffd" in p for p in pieces):  # a lone byte-fallback piece is not text on its own
+            continue
+        joined = "".join(pieces)
+        assert tok(joined, add_special_tokens=False)["input_ids"] == ids, (text, pieces)
+        assert joined == " " + sp_tok.decode(ids)  # sentencepiece's text, with the dummy prefix's space
+        assert all(p.startswith(" ") == tok.convert_ids_to_tokens(i).startswith("\u2581") for p, i in zip(pieces, ids))
+        checked += 1
+    assert checked > 400
+
+
 @pytest.mark.parametrize("model_type", ["bpe", "unigram"])
 def test_backend_tokenizer_matches_sentencepiece_for_both_model_types(model_type, tmp_path):
     from tinylm.config import TokenizerConfig

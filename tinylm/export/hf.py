@@ -172,12 +172,14 @@ def build_backend_tokenizer(model_file: str | Path):
         isolate.append("[^" + "".join(re.escape(c) for c in known) + "]")
     if isolate:
         tok.pre_tokenizer = pre_tokenizers.Split(Regex("|".join(isolate)), behavior="isolated")
+    # Decoding keeps the space every "▁" stands for, the dummy prefix's too (no Strip): a word's pieces
+    # decoded one at a time join back into the text and re-encode to the same ids, which the BabyLM
+    # reading task relies on (it decodes pieces one by one). A whole text therefore decodes with one
+    # leading space where sentencepiece's decode has none.
     dec = [decoders.Replace("▁", " ")]
     if byte_fallback:
         dec.append(decoders.ByteFallback())
     dec.append(decoders.Fuse())
-    if spec.add_dummy_prefix:
-        dec.append(decoders.Strip(content=" ", left=1))
     tok.decoder = decoders.Sequence(dec)
     return tok
 
