@@ -107,12 +107,12 @@ def constructed_run(tmp_path, prepared, objective, n_items=5):
     return run, PositionBigram(table)
 
 
-def run_eval(monkeypatch, run, model, tok, tmp_path, **options):
+def run_eval(monkeypatch, run, model, tok, tmp_path, tasks=None, **options):
     import tinylm.train.checkpoint as checkpoint
 
     state = {"step": 8, "tokens_seen": 0, "words_seen": 0, "model_config": {"family": "bert", "max_seq_len": 64}}
     monkeypatch.setattr(checkpoint, "load_trained", lambda path, device: (model, tok, state))
-    cfg = EvalConfig(ckpt=str(run), tasks=str(tmp_path / "pairs.jsonl"), out=str(tmp_path / "out"), device="cpu",
+    cfg = EvalConfig(ckpt=str(run), tasks=str(tasks or tmp_path / "pairs.jsonl"), out=str(tmp_path / "out"), device="cpu",
                      samples=False, **options)
     return evaluate(cfg)
 
@@ -169,3 +169,27 @@ def test_eval_from_another_directory_finds_the_runs_relative_data(tmp_path, prep
     (moved / "data_report.json").write_text(json.dumps({"shards": ".cache/gone"}))
     results = run_eval(monkeypatch, moved, model, prepared.tokenizer, tmp_path)
     assert "not found from here or from" in results["dev"]["skipped"]
+
+
+def test_predictions_and_summary_use_the_babylm_pipeline_names_for_wug(tmp_path, prepared, monkeypatch):
+    """collate_preds.py of babylm/evaluation-pipeline-2025 reads wug_adj/wug_adj_nominalization into
+    "wug_adj" (and wug_past_tense into "wug_past"), each holding its file's UID, with id, pred and prob."""
+    from tinylm.eval.report import spearman
+
+    run, model = constructed_run(tmp_path, prepared, "hybrid")
+    words = [w for w, _ in single_piece_words(prepared.tokenizer, 12)]
+    tasks = tmp_path / "tasks"
+    for stem in ("wug_adj_nominalization", "wug_past_tense"):
+        (tasks / stem).mkdir(parents=True)
+        rows = [json.dumps({"sentences": f"{words[i]} {words[i + 1]}\t{words[i]} {words[i + 2]}", "ratio": i / 10})
+                for i in range(8)]
+        (tasks / stem / f"{stem}.jsonl").write_text("\n".join(rows) + "\n")
+    results = run_eval(monkeypatch, run, model, prepared.tokenizer, tmp_path, tasks=tasks)
+    predictions = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert set(predictions) == {"wug_adj", "wug_past"}
+    assert set(predictions["wug_adj"]) == {"wug_adj_nominalization"} and set(predictions["wug_past"]) == {"wug_past_tense"}
+    rows = predictions["wug_adj"]["wug_adj_nominalization"]["predictions"]
+    assert [r["id"] for r in rows] == [f"wug_adj_nominalization_{i}" for i in range(8)] and set(rows[0]) == {"id", "pred", "prob"}
+    assert set(results["summary"]) == {"wug_adj", "wug_past"}
+    # the pipeline's score: Spearman's rho of the predictions' prob with the human ratio
+    assert results["summary"]["wug_adj"] == pytest.approx(spearman([r["prob"] for r in rows], [i / 10 for i in range(8)]))

@@ -11,8 +11,10 @@ Macro averages, as in the BabyLM 2025 pipeline (evaluation_pipeline/sentence_zer
 
 The predictions file has the shape of the pipeline's collated file (collate_preds.py):
 `{group: {UID: {"predictions": [{"id": "<UID>_<n>", "pred": "<chosen candidate>"}, ...]}}}` with
-groups blimp (= BLiMP filtered), blimp_supplement, ewok, entity_tracking, wug_adj / wug_past, and
-for the formats the pipeline does not have: blimp_original, zorro.
+groups blimp (= BLiMP filtered), blimp_supplement, ewok, entity_tracking, wug_adj / wug_past (each
+holding its file's UID, e.g. wug_adj -> wug_adj_nominalization, as the pipeline's own per-task files
+do), and for the formats the pipeline does not have: blimp_original, zorro. It holds the zero-shot
+tasks only: the reading task, AoA and the fine-tuning tasks come from the pipeline itself.
 """
 
 from __future__ import annotations
@@ -27,6 +29,28 @@ from tinylm.eval.scoring import Verdict
 
 COLLATE_GROUP = {"blimp_filtered": "blimp", "supplement": "blimp_supplement", "ewok": "ewok",
                  "entity_tracking": "entity_tracking", "blimp": "blimp_original", "zorro": "zorro"}
+
+
+# The BabyLM 2025 pipeline's names for the wug files (collate_preds.py reads
+# wug_adj/wug_adj_nominalization/predictions.json into "wug_adj", wug_past_tense into "wug_past").
+WUG_GROUPS = {"wug_adj_nominalization": "wug_adj", "wug_past_tense": "wug_past"}
+
+
+def wug_group(stem: str) -> str:
+    """The collate group (and summary name) of a wug file: wug_adj, wug_past, or the stem itself."""
+    return WUG_GROUPS.get(stem, stem)
+
+
+def summary(tasks: dict[str, Any]) -> dict[str, float]:
+    """One number per task as BabyLM reports it: the macro accuracy; for wug, Spearman's rho per
+    file under the pipeline's names (wug_adj, wug_past)."""
+    out = {}
+    for task, entry in tasks.items():
+        if task == "wug":
+            out |= {wug_group(uid): cell["spearman"] for uid, cell in entry["uids"].items()}
+        else:
+            out[task] = entry["macro"]
+    return out
 
 
 def _mean(values) -> float:
@@ -144,8 +168,7 @@ def collate_predictions(files: list[TaskFile], scores: dict[str, list[list[float
     out: dict[str, dict[str, dict[str, list]]] = defaultdict(dict)
     for tf in files:
         if tf.task == "wug":
-            stem = Path(tf.source).stem
-            group = "wug_adj" if "adj" in stem else "wug_past" if "past" in stem else "wug"
+            group = wug_group(Path(tf.source).stem)
         else:
             group = COLLATE_GROUP[tf.task]
         for n_item, item in enumerate(tf.items):

@@ -24,7 +24,7 @@ from tinylm.errors import InputError
 from tinylm.eval.config import SCORERS, EvalConfig
 from tinylm.eval.formats import read_tasks
 from tinylm.eval.perplexity import dev_perplexity, dev_shard_of
-from tinylm.eval.report import aggregate, collate_predictions, format_table, plot_accuracies
+from tinylm.eval.report import aggregate, collate_predictions, format_table, plot_accuracies, summary
 from tinylm.eval.scoring import causal_scores, encode_scored, judge, masked_scores, model_window
 from tinylm.train.positions import BABYLM_BACKEND as BACKEND, default_scorer, run_dir_of, run_objective, runs_causally as objective_runs_causally
 from tinylm.utils import write_atomic, write_json_atomic
@@ -209,13 +209,12 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         "ignored_files": ignored,
     }
     results |= aggregate(files, scores, verdicts)
-    # one number per task, as BabyLM reports it (accuracy; Spearman's rho for wug)
-    results["summary"] = {task: entry["macro"] for task, entry in results["tasks"].items()}
+    results["summary"] = summary(results["tasks"])
     if causal and scorer != "causal":
         print("the same files scored causally (the model also trained as a causal LM):")
         beside = aggregate(files, *score_files(model, tokenizer, "causal", files, cfg, window, device))
         results["causal_beside"] = {"scorer": "causal", "babylm_backend": BACKEND["causal"],
-                                    "summary": {task: entry["macro"] for task, entry in beside["tasks"].items()},
+                                    "summary": summary(beside["tasks"]),
                                     "tasks": beside["tasks"]}
 
     if cfg.dev and causal:
