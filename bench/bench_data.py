@@ -79,15 +79,15 @@ def replicate(root: Path, dest: Path, times: int) -> None:
 
 
 def loader_speed(shard_dir: Path, shapes, seconds: float = 3.0) -> list[dict]:
-    from tinylm.data.loader import TokenLoader
+    from tinylm.data.loader import TokenLoader, word_counts_of
     from tinylm.data.shards import open_shard
     from tinylm.data.tokenizer import Tokenizer
 
     shard = open_shard(shard_dir, "train")
-    word_start = Tokenizer(shard_dir / "tokenizer.model").word_start_table()
+    word_counts = word_counts_of(shard, Tokenizer(shard_dir / "tokenizer.model").word_start_table())
     rows = []
     for batch, seq in shapes:
-        loader = TokenLoader(shard.tokens, seq, batch, 0, word_start)
+        loader = TokenLoader(shard.tokens, seq, batch, 0, word_counts)
         for _ in range(50):  # warm up (page cache, allocator)
             loader.next_batch()
         n, t0 = 0, time.perf_counter()

@@ -330,11 +330,11 @@ def test_curriculum_run_resumes_bit_exact(tmp_path, cache_dir, monkeypatch):
 
 
 def test_curriculum_none_is_the_plain_loader():
-    from tinylm.data.loader import TokenLoader, make_loader
+    from tinylm.data.loader import TokenLoader, make_loader, word_counts_of
 
     shard = build_shard()
     ld = make_loader(shard, CurriculumConfig(), 16, 4, 1, WORD_START, 10)
-    ref = TokenLoader(shard.tokens, 16, 4, 1, WORD_START)
+    ref = TokenLoader(shard.tokens, 16, 4, 1, word_counts_of(shard, WORD_START))
     assert type(ld) is TokenLoader and ld.state_dict() == ref.state_dict()
     for _ in range(5):
         assert torch.equal(ld.next_batch().input_ids, ref.next_batch().input_ids)

@@ -90,7 +90,7 @@ def test_unigram_cross_entropy_by_hand():
 
 
 def _loader(tokens, seed=3):
-    return TokenLoader(tokens, seq_len=8, batch_size=4, seed=seed, word_start=np.arange(50) % 3 == 0)
+    return TokenLoader(tokens, seq_len=8, batch_size=4, seed=seed, word_counts=(tokens % 3 == 0).astype(np.uint8))
 
 
 def test_loader_epoch_covers_every_window_once_and_counts_words():

@@ -17,8 +17,8 @@ The parts compose (one `CurriculumConfig`):
   full batch once, in a seeded order.
 - **vocabulary** (CLIMB): ids outside the k most frequent (train unigram counts; specials always kept)
   become <unk> in the inputs and, with vocab_targets=true (the default), in the targets too; k grows
-  from vocab_start to the vocabulary size with its own pacing. Words seen are always counted on the
-  original targets, so they stay exact.
+  from vocab_start to the vocabulary size with its own pacing. Words seen are always counted at the
+  targets' positions (the shard's words per token), so they stay exact.
 
 Rows of the ordered / scheduled loaders are drawn with an RNG seeded by (seed, batches served): the
 loader's whole position is a few counters (`state_dict()`), so a resumed run reads exactly the same
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from tinylm.config import CurriculumConfig
-from tinylm.data.loader import Batch
+from tinylm.data.loader import Batch, word_counts_of
 from tinylm.data.shards import Shard, unigram_counts
 from tinylm.data.tokenizer import SEP_ID, UNK_ID
 
@@ -133,7 +133,7 @@ class CurriculumLoader:
             raise ValueError(f"curriculum.mix={cfg.mix} must be in [0, 1]")
         self.cfg, self.shard, self.tokens = cfg, shard, shard.tokens
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
-        self.word_start = word_start
+        self.word_counts = word_counts_of(shard, word_start)  # words starting in each token (exact)
         self.steps, self.grad_accum = max(1, steps), max(1, grad_accum)
         self.tokens_per_batch = batch_size * seq_len
         self.stages = stage_lengths(cfg, seq_len)
@@ -217,12 +217,12 @@ class CurriculumLoader:
 
     # -- batches -----------------------------------------------------------------------------
     def _gather(self, starts: np.ndarray, length: int) -> np.ndarray:
-        """(B, length + 1) tokens at stream positions starts (the sorted stream when ordered)."""
+        """(B, length + 1) positions in the split of stream positions starts (the sorted stream when ordered)."""
         pos = starts[:, None] + np.arange(length + 1)[None, :]
         if self.perm is not None:
             i = np.searchsorted(self.cum_ends, pos, side="right")
             pos = self.doc_starts[i] + (pos - self.cum_starts[i])
-        return self.tokens[pos].astype(np.int64)
+        return pos
 
     def _ordered_rows(self) -> np.ndarray:
         length = self.current_seq_len()
@@ -240,8 +240,9 @@ class CurriculumLoader:
         if self.served % self.grad_accum == 0:
             self.step_words = self.words
         k = self.vocab_k()
-        rows = self._bucket_rows() if self.cfg.buckets else self._ordered_rows()
-        words = int(np.count_nonzero(self.word_start[rows[:, 1:]]))
+        pos = self._bucket_rows() if self.cfg.buckets else self._ordered_rows()  # (B, L + 1) positions
+        rows = self.tokens[pos].astype(np.int64)
+        words = int(self.word_counts[pos[:, 1:]].sum(dtype=np.int64))
         inputs, targets = rows[:, :-1], rows[:, 1:]
         if k < self.vocab_size:
             table = vocab_table(self.ranks, k)
@@ -297,7 +298,7 @@ class CurriculumLoader:
         self.cursor += 1
         length = self.bucket_lens[b]
         starts = self.bucket_starts[b][self._perms[b][i:j]]
-        return self.tokens[starts[:, None] + np.arange(length + 1)[None, :]].astype(np.int64)
+        return starts[:, None] + np.arange(length + 1)[None, :]
 
 
 def childes_age_documents(path: str | Path, max_rows: int | None = None) -> list[tuple[str, float]]:

@@ -18,16 +18,26 @@ import torch
 class Batch:
     input_ids: torch.Tensor  # (B, T) int64
     targets: torch.Tensor  # (B, T) int64
-    words: int  # whitespace-separated words whose first token is among the targets
+    words: int  # words (str.split, as BabyLM counts them) that start in the targets
+
+
+def word_counts_of(shard, word_start: np.ndarray) -> np.ndarray:
+    """(N,) words starting in each token of a shard split: its exact counts (<split>.words.bin,
+    tinylm.data.words); for a shard written before them, one per piece that starts with "▁"."""
+    if getattr(shard, "word_counts", None) is not None:
+        return shard.word_counts
+    return word_start[np.asarray(shard.tokens)].astype(np.uint8)
 
 
 class TokenLoader:
-    def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int, word_start: np.ndarray):
+    def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int, word_counts: np.ndarray):
         self.tokens = tokens
         self.seq_len = seq_len
         self.batch_size = batch_size
         self.seed = seed
-        self.word_start = word_start  # (V,) bool lookup, see Tokenizer.word_start_table
+        if len(word_counts) != len(tokens):
+            raise ValueError(f"word_counts has {len(word_counts)} entries for {len(tokens)} tokens; it must hold one per "
+                             "token (tinylm.data.loader.word_counts_of)")
         self.n_windows = (len(tokens) - 1) // seq_len
         if self.n_windows < batch_size:
             raise ValueError(
@@ -39,6 +49,11 @@ class TokenLoader:
         itemsize = tokens.dtype.itemsize
         self._windows = np.lib.stride_tricks.as_strided(
             tokens, shape=(self.n_windows, seq_len + 1), strides=(seq_len * itemsize, itemsize), writeable=False
+        )
+        # the same windows over the words starting in each token (word_counts_of)
+        self._word_windows = np.lib.stride_tricks.as_strided(
+            word_counts, shape=(self.n_windows, seq_len + 1), strides=(seq_len * word_counts.dtype.itemsize,
+                                                                       word_counts.dtype.itemsize), writeable=False
         )
         self.epoch = 0
         self.cursor = 0  # windows of this epoch already served
@@ -64,7 +79,7 @@ class TokenLoader:
         picks = self._order[self.cursor : self.cursor + self.batch_size].numpy()
         self.cursor += self.batch_size
         rows = self._windows[picks].astype(np.int64)
-        words = int(np.count_nonzero(self.word_start[rows[:, 1:]]))
+        words = int(self._word_windows[picks][:, 1:].sum(dtype=np.int64))
         rows = torch.from_numpy(rows)
         return Batch(rows[:, :-1], rows[:, 1:], words)
 
@@ -81,7 +96,7 @@ def make_loader(shard, curriculum, seq_len: int, batch_size: int, seed: int, wor
             changed = sorted(k for k, v in asdict(curriculum).items() if v != asdict(default)[k])
             raise ValueError(f"curriculum.name=none ignores curriculum.{', curriculum.'.join(changed)}; pick an option "
                              "(curriculum=source|difficulty|seq_len|buckets|vocab) or set curriculum.name=custom")
-        return TokenLoader(shard.tokens, seq_len, batch_size, seed, word_start)
+        return TokenLoader(shard.tokens, seq_len, batch_size, seed, word_counts_of(shard, word_start))
     from tinylm.data.curriculum import CurriculumLoader
 
     return CurriculumLoader(shard, curriculum, seq_len, batch_size, seed, word_start, steps, grad_accum)

@@ -44,7 +44,7 @@ from tinylm.data.tokenizer import Tokenizer, train_sentencepiece
 from tinylm.errors import InputError
 from tinylm.utils import atomic_dir, sha256_of, write_json_atomic
 
-FORMAT_VERSION = "data-v2"
+FORMAT_VERSION = "data-v3"  # v3: <split>.words.bin (exact words per token)
 # Options that do not change the documents, the tokenizer or the shards (so not in the key).
 _NOT_IN_KEY = ("name", "out_dir", "cache_dir", "keep_text")
 

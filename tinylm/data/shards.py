@@ -5,6 +5,8 @@ name and renamed, so an interrupted build leaves nothing half-written):
 
     train.bin, dev.bin          token ids, uint16 when the vocabulary fits, else uint32;
                                 each document is laid out as  <bos> tokens... <eos>
+    train.words.bin, dev.words.bin      uint8 per token: the words (str.split, as BabyLM counts them)
+                                that start in it (tinylm.data.words), so words seen are exact
     train.docs.npy, dev.docs.npy        (n_docs, 4) int64 columns DOC_COLUMNS:
                                 start offset, word count, source id, tokens (incl. <bos>/<eos>)
     train.features.npy, dev.features.npy  (n_docs, 2) float32 columns FEATURE_COLUMNS (difficulty):
@@ -34,6 +36,7 @@ import numpy as np
 from tinylm.data.clean import SENTENCE_END
 from tinylm.data.corpus import whitespace_pieces
 from tinylm.data.tokenizer import BOS_ID, EOS_ID, Tokenizer
+from tinylm.data.words import document_word_counts, fit_uint8
 
 DOC_COLUMNS = ("start", "words", "source", "tokens")
 FEATURE_COLUMNS = ("mean_unigram_surprisal", "readability_ari")
@@ -50,6 +53,7 @@ class Shard:
     features: np.ndarray | None = None  # (n_docs, 2): FEATURE_COLUMNS
     sources: list[str] = field(default_factory=list)  # source id -> name
     ages: np.ndarray | None = None  # (n_docs,) float: child age in months (NaN: unknown), from <split>.ages.npy
+    word_counts: np.ndarray | None = None  # (N,) uint8 memmap: words (str.split) starting in each token
 
 
 def token_dtype(vocab_size: int):
@@ -89,6 +93,8 @@ class SplitWriter:
     def __init__(self, folder: Path, name: str, tok: Tokenizer, dtype):
         self.path = folder / f"{name}.bin"
         self.file = open(self.path, "wb")
+        self.words_file = open(folder / f"{name}.words.bin", "wb")
+        self.word_start = tok.word_start_table()
         self.tok, self.dtype = tok, np.dtype(dtype)
         self.rows: list[np.ndarray] = []
         self.ari = array("d")  # readability per document (compact: one float each)
@@ -112,6 +118,7 @@ class SplitWriter:
             texts.extend(parts)
             owners.extend([i] * len(parts))
         encoded = self.tok.encode(texts)
+        self._write_word_counts(texts, owners, encoded)
         lengths = np.zeros(len(self.batch), dtype=np.int64)
         np.add.at(lengths, np.asarray(owners, dtype=np.int64), np.fromiter(map(len, encoded), np.int64, len(encoded)))
         flat = np.fromiter(chain.from_iterable(encoded), dtype=self.dtype, count=int(lengths.sum()))
@@ -133,11 +140,32 @@ class SplitWriter:
         self.n_tokens += int(ends[-1])
         self.batch, self.batch_chars = [], 0
 
+    def _write_word_counts(self, texts: list[str], owners: list[int], encoded: list[list[int]]) -> None:
+        """<name>.words.bin: the words (str.split) starting in each token, laid out like the tokens
+        (<bos> 0, content, <eos> with the words that produced no token). tinylm.data.words."""
+        parts = document_word_counts(self.tok.sp, texts, encoded, self.word_start)
+        docs: list[np.ndarray] = []
+        for i, counts in enumerate(parts):
+            first_of_doc = i == 0 or owners[i - 1] != owners[i]
+            if not first_of_doc and texts[i] and texts[i - 1] and not texts[i][0].isspace() and not texts[i - 1][-1].isspace():
+                counts[int(np.flatnonzero(counts)[0])] -= 1  # a long word cut between two pieces: counted once
+            if first_of_doc:
+                docs.append(np.concatenate([[0], counts]))
+            else:  # words after the previous piece's last token start in this piece's first token
+                tail = docs[-1][-1]
+                counts[0] += tail
+                docs[-1] = np.concatenate([docs[-1][:-1], counts])
+        for (_, _, words), counts in zip(self.batch, docs):
+            if int(counts.sum()) != words:
+                raise RuntimeError(f"word count per token ({int(counts.sum())}) differs from str.split() ({words})")
+        self.words_file.write(np.concatenate([fit_uint8(c) for c in docs]).tobytes())
+
     def close(self) -> tuple[np.ndarray, np.ndarray]:
         self.flush()
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
+        for f in (self.file, self.words_file):
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
         index = np.concatenate(self.rows) if self.rows else np.zeros((0, len(DOC_COLUMNS)), np.int64)
         return index.astype(np.int64), np.frombuffer(self.ari, dtype=np.float64).copy()
 
@@ -245,4 +273,13 @@ def open_shard(folder: str | Path, split: str) -> Shard:
         features=np.load(features) if features.exists() else None,
         sources=meta.get("sources", []),
         ages=np.load(ages) if ages.exists() else None,
+        word_counts=_open_word_counts(folder, split, meta),
     )
+
+
+def _open_word_counts(folder: Path, split: str, meta: dict) -> np.ndarray | None:
+    """<split>.words.bin (None for shards written before it)."""
+    path, n = folder / f"{split}.words.bin", meta["splits"][split]["tokens"]
+    if not path.exists():
+        return None
+    return np.memmap(path, dtype=np.uint8, mode="r", shape=(n,)) if n else np.zeros(0, dtype=np.uint8)
