@@ -1,8 +1,10 @@
 """`evaluate(cfg)`: load a trained run, score every task file, write the results.
 
 Writes into `out` (default <run dir>/eval/):
-    results.json      run info, scorer, accuracy / pairs / ties per file, per UID and phenomenon,
-                      macro averages per task, dev perplexity and bits per byte, samples
+    results.json      run info, objective, scorer (auto: from the objective, tinylm.train.positions) and
+                      window, accuracy / pairs / ties per file, per UID and phenomenon, macro averages
+                      per task, the causal scores beside a GPT-BERT's mntp ones, dev perplexity and bits
+                      per byte (models that run causally), samples
     predictions.json  the chosen candidate per item, in the BabyLM 2025 collated layout
     accuracy.png      accuracy per UID and the macro per task
     samples.txt       generations from a few prompts (causal models)
@@ -26,7 +28,8 @@ from tinylm.eval.formats import read_tasks
 from tinylm.eval.perplexity import dev_perplexity, dev_shard_of
 from tinylm.eval.report import aggregate, collate_predictions, format_table, plot_accuracies, summary
 from tinylm.eval.scoring import causal_scores, encode_scored, judge, masked_scores, model_window
-from tinylm.train.positions import BABYLM_BACKEND as BACKEND, default_scorer, run_dir_of, run_objective, runs_causally as objective_runs_causally
+from tinylm.train.positions import BABYLM_BACKEND as BACKEND
+from tinylm.train.positions import default_scorer, run_dir_of, run_objective, runs_causally
 from tinylm.utils import write_atomic, write_json_atomic
 
 DEFAULT_PROMPTS = ["Once upon a time", "The little dog", "Where is the ball?"]
@@ -42,8 +45,8 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def runs_causally(model) -> bool:
-    """A masked model whose forward takes causal=True (GPT-BERT) can also be scored causally."""
+def can_run_causally(model) -> bool:
+    """A masked model whose forward takes causal=True (a BERT body) can also be run causally."""
     return "causal" in inspect.signature(model.forward).parameters
 
 
@@ -60,7 +63,7 @@ def choose_scorer(requested: str, model, objective: str) -> str:
     family = getattr(getattr(model, "cfg", None), "family", type(model).__name__)
     if requested == "auto":
         return "causal" if causal else default_scorer(objective)
-    if requested == "causal" and not causal and not runs_causally(model):
+    if requested == "causal" and not causal and not can_run_causally(model):
         raise InputError(f"scorer=causal needs a causal model; this checkpoint is a {family} (masked); use scorer=pll, pll_word or mntp")
     if requested != "causal" and causal:
         raise InputError(f"scorer={requested} needs a masked model; this checkpoint is a causal {family}; use scorer=causal")
@@ -75,7 +78,7 @@ def training_window(run_dir: Path, state: dict) -> int:
         return 0
     from omegaconf import OmegaConf
 
-    from tinylm.config import CurriculumConfig, to_dataclass
+    from tinylm.config import CurriculumConfig
     from tinylm.data.curriculum import stage_lengths
 
     raw = OmegaConf.to_container(OmegaConf.load(config), resolve=False)
@@ -83,7 +86,8 @@ def training_window(run_dir: Path, state: dict) -> int:
     curriculum = raw.get("curriculum") or {}
     if not seq_len or curriculum.get("name", "none") == "none":
         return seq_len
-    cur = to_dataclass(CurriculumConfig, curriculum)
+    keys = ("seq_lens", "seq_len_fractions", "seq_len_by", "seq_len_boundaries")  # the schedule's keys only
+    cur = CurriculumConfig(**{k: curriculum[k] for k in keys if k in curriculum})
     stages = stage_lengths(cur, seq_len)
     if len(stages) == 1:
         return seq_len
@@ -192,7 +196,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     scorer = choose_scorer(cfg.scorer, model, objective)
     # next-token log-probs mean something for this model (clm, distill, hybrid): dev perplexity, samples,
     # and the causal scores beside a masked scorer (GPT-BERT is reported both ways)
-    causal = objective_runs_causally(objective) and (bool(getattr(model, "causal", False)) or runs_causally(model))
+    causal = runs_causally(objective) and (bool(getattr(model, "causal", False)) or can_run_causally(model))
     window, window_source = eval_window(cfg, model, run_dir, state)
     out = Path(cfg.out).expanduser() if cfg.out else run_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
