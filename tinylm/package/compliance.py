@@ -33,7 +33,10 @@ from tinylm.train.milestones import UNIT_WORDS, existing_milestones, expected_mi
 
 MAX_EPOCHS = 10  # BabyLM: at most 10 passes over the budget (words seen <= 10 x budget)
 # data-report formats whose pipeline trains the tokenizer on the budgeted train split only
-BUDGETED_TOKENIZER_FORMATS = {"data-v2": "tinylm/data/pipeline.py (data-v2) trains the tokenizer on the budgeted train split only"}
+BUDGETED_TOKENIZER_FORMATS = {
+    version: f"tinylm/data/pipeline.py ({version}) trains the tokenizer on the budgeted train split only"
+    for version in ("data-v2", "data-v3")  # v3 only adds the exact word counts per token
+}
 
 
 def sha256_file(path: Path) -> str:
