@@ -26,7 +26,8 @@ def log_buckets(T: int, n_buckets: int, max_position: int, device=None) -> torch
     # float32 as the reference computes it, so the ceil lands on the same side at exact boundaries
     log_pos = torch.ceil(torch.log(dist.float() / mid) / math.log((max_position - 1) / mid) * (mid - 1)).long() + mid
     bucket = torch.where(dist <= mid, rel, log_pos * rel.sign())
-    return bucket + n_buckets - 1
+    # float32 rounding can push the farthest distance one past the table (the reference then fails)
+    return bucket.clamp(-(n_buckets - 1), n_buckets - 1) + n_buckets - 1
 
 
 def t5_buckets(T: int, n_buckets: int, max_distance: int, device=None) -> torch.Tensor:
