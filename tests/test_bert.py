@@ -1,4 +1,5 @@
-"""BERT (tinylm/models/bert.py): padding invariance, ELC weighting, causal mode, positions, API."""
+"""BERT (tinylm/models/bert.py): padding and document masks, causal mode, positions, the simple sketch's
+ELC weighting, API. The reference equations are checked in test_bert_reference.py."""
 
 import math
 
@@ -7,26 +8,32 @@ import torch
 
 from tinylm.config import ModelConfig
 from tinylm.models import build_model
-from tinylm.models.bert import BERT, relative_buckets
+from tinylm.models.bert import BERT
+from tinylm.models.bert_positions import t5_buckets
 
+SIMPLE = dict(bert_arch="simple")
 VARIANTS = [
-    dict(bert_positions="relative", bert_norm="pre"),
-    dict(bert_positions="relative", bert_norm="post"),
-    dict(bert_positions="rotary", bert_norm="pre"),
-    dict(bert_positions="rotary", bert_norm="post", bert_elc=False),
+    dict(),  # ELC-BERT, disentangled relative attention
+    dict(bert_elc=False),  # LTG-BERT
+    dict(bert_positions="rotary"),
+    dict(SIMPLE, bert_positions="relative", bert_norm="pre"),
+    dict(SIMPLE, bert_positions="relative", bert_norm="post"),
+    dict(SIMPLE, bert_positions="rotary", bert_norm="pre"),
+    dict(SIMPLE, bert_positions="rotary", bert_norm="post", bert_elc=False),
 ]
-IDS = ["relative-pre", "relative-post", "rotary-pre", "rotary-post-noelc"]
+IDS = ["elc", "ltg", "elc-rotary", "simple-relative-pre", "simple-relative-post", "simple-rotary-pre",
+       "simple-rotary-post-noelc"]
 
 
 def tiny_bert(**kw) -> BERT:
     torch.manual_seed(0)
     cfg = ModelConfig(family="bert", vocab_size=97, n_layer=2, n_head=2, d_model=32, d_ff=48, max_seq_len=16,
-                      bert_rel_buckets=8, bert_rel_max_distance=16, **kw)
+                      **{"bert_rel_buckets": 8, "bert_rel_max_distance": 16, **kw})
     return build_model(cfg)
 
 
 def perturb(model: BERT) -> BERT:
-    """Non-trivial ELC weights and relative biases (both start at trivial values)."""
+    """Non-trivial ELC weights, norm gains and relative biases (they start at trivial values)."""
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 1 or getattr(model, "rel_bias", None) is not None and p is model.rel_bias.weight:
@@ -64,8 +71,27 @@ def test_causal_mode_is_causal_and_default_is_bidirectional(kw):
     assert not torch.allclose(c[:, :7], d[:, :7])  # bidirectional: earlier positions see later tokens
 
 
-def test_elc_weights_receive_gradients_and_start_as_plain_residual():
-    elc, plain = tiny_bert(bert_elc=True), tiny_bert(bert_elc=False)
+@pytest.mark.parametrize("kw", VARIANTS, ids=IDS)
+def test_documents_attend_only_inside_themselves(kw):
+    """doc_ids: two documents packed in one row give each document's logits alone (relative and
+    rotary positions alike: the second document's rotary positions differ, so rotary is compared by
+    changing the other document only)."""
+    model = perturb(tiny_bert(**kw)).eval()
+    ids = torch.randint(7, 97, (1, 14))
+    doc = torch.tensor([[0] * 6 + [1] * 8])
+    other = ids.clone()
+    other[0, 6:] = torch.randint(7, 97, (8,))
+    with torch.no_grad():
+        a, b = model(ids, doc_ids=doc), model(other, doc_ids=doc)
+        torch.testing.assert_close(a[0, :6], b[0, :6], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a[0, :6], model(ids[:, :6])[0], rtol=1e-5, atol=1e-5)
+        if kw.get("bert_positions", "relative") == "relative":  # depends on i - j only
+            torch.testing.assert_close(a[0, 6:], model(ids[:, 6:])[0], rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(model(ids)[0, :6], a[0, :6])
+
+
+def test_simple_elc_weights_receive_gradients_and_start_as_plain_residual():
+    elc, plain = tiny_bert(bert_elc=True, **SIMPLE), tiny_bert(bert_elc=False, **SIMPLE)
     # same seed, same draws: every other weight is identical, and weights of 1 are the plain stack
     ids = torch.randint(7, 97, (2, 12))
     torch.testing.assert_close(elc(ids), plain(ids), rtol=1e-5, atol=1e-5)
@@ -81,7 +107,7 @@ def test_elc_weights_receive_gradients_and_start_as_plain_residual():
 
 
 def test_relative_buckets_are_exact_near_and_log_spaced_far():
-    b = relative_buckets(200, 32, 128)
+    b = t5_buckets(200, 32, 128)
     assert b[0, 0] == 0 and b[5, 5] == 0
     assert b[10, 11] != b[11, 10]  # separate buckets per direction
     assert [int(b[100, 100 - d]) for d in range(8)] == list(range(8))  # exact for small distances
@@ -90,12 +116,14 @@ def test_relative_buckets_are_exact_near_and_log_spaced_far():
     assert b.min() >= 0 and b.max() < 32
 
 
-def test_relative_bias_is_used():
-    model = tiny_bert(bert_positions="relative").eval()
+@pytest.mark.parametrize("arch", ["ltg", "simple"])
+def test_relative_positions_are_used(arch):
+    model = tiny_bert(bert_positions="relative", bert_arch=arch).eval()
+    table = model.rel_emb if arch == "ltg" else model.rel_bias.weight
     ids = torch.randint(7, 97, (1, 10))
     with torch.no_grad():
         before = model(ids)
-        model.rel_bias.weight.normal_()
+        table.normal_()
         after = model(ids)
     assert not torch.allclose(before, after)
 
@@ -107,7 +135,9 @@ def test_tied_head_groups_flops_and_generate():
     decay, no_decay = model.optimizer_groups(0.1)
     n_groups = sum(p.numel() for g in (decay, no_decay) for p in g["params"])
     assert n_groups == sum(p.numel() for p in model.parameters()) == model.num_params()
-    assert all(p.dim() >= 2 for p in decay["params"]) and id(model.tok_emb.weight) not in {id(p) for p in decay["params"]}
+    decayed = {id(p) for p in decay["params"]}
+    assert all(p.dim() >= 2 for p in decay["params"]) and id(model.tok_emb.weight) not in decayed
+    assert id(model.rel_emb) not in decayed and id(model.blocks[0].attn.qk.weight) in decayed  # no embedding decays
     assert model.flops_per_token(16) == 6 * model.num_params() + 12 * 2 * 2 * 16 * 16
     out = model.eval().generate(torch.tensor([[2, 9, 10]]), 4, generator=torch.Generator().manual_seed(0))
     assert out.shape == (1, 7)
@@ -122,18 +152,22 @@ def test_loss_at_init_is_near_uniform_and_bad_configs_fail():
     loss = torch.nn.functional.cross_entropy(logits.view(-1, 97), torch.randint(0, 97, (64,)))
     assert abs(loss.item() - math.log(97)) < 0.3
     with pytest.raises(ValueError, match="bert_norm"):
-        tiny_bert(bert_norm="middle")
+        tiny_bert(bert_norm="middle", **SIMPLE)
+    with pytest.raises(ValueError, match="bert_arch"):
+        tiny_bert(bert_arch="deberta")
+    with pytest.raises(ValueError, match="bert_rel_buckets"):
+        tiny_bert(bert_rel_buckets=2)
     with pytest.raises(ValueError, match="bert_positions"):
         tiny_bert(bert_positions="absolute")
     with pytest.raises(ValueError, match="max_seq_len"):
         model(torch.zeros(1, 17, dtype=torch.long))
 
 
-@pytest.mark.parametrize("positions", ["relative", "rotary"])
-def test_bf16_autocast_forward(positions):
+@pytest.mark.parametrize("positions,arch", [("relative", "ltg"), ("rotary", "ltg"), ("relative", "simple")])
+def test_bf16_autocast_forward(positions, arch):
     """The mixed-precision path (CUDA runs under bf16 autocast): the float relative bias and rotary
     tables meet bf16 queries; here on the CPU's autocast."""
-    model = perturb(tiny_bert(bert_positions=positions)).eval()
+    model = perturb(tiny_bert(bert_positions=positions, bert_arch=arch)).eval()
     ids = torch.randint(7, 97, (2, 12))
     real = torch.ones(2, 12, dtype=torch.bool)
     real[1, 9:] = False

@@ -319,8 +319,12 @@ def test_hf_config_takes_every_model_config_field():
 
 
 VARIANTS = {  # architecture options the trained runs above do not cover, native vs HF on random weights
-    "bert_rotary_post_noelc_bias": (dict(family="bert", bert_positions="rotary", bert_norm="post", bert_elc=False, bias=True), "hybrid"),
-    "bert_relative_clm": (dict(family="bert", tie_embeddings=False), "clm"),
+    "bert_ltg_noelc_untied_hybrid": (dict(family="bert", bert_elc=False, tie_embeddings=False, bert_rel_buckets=8), "hybrid"),
+    "bert_elc_rotary_mlm": (dict(family="bert", bert_positions="rotary"), "mlm"),
+    "bert_elc_clm": (dict(family="bert", n_layer=3), "clm"),
+    "bert_simple_rotary_post_noelc_bias": (dict(family="bert", bert_arch="simple", bert_positions="rotary", bert_norm="post",
+                                                bert_elc=False, bias=True), "hybrid"),
+    "bert_simple_relative_clm": (dict(family="bert", bert_arch="simple", tie_embeddings=False), "clm"),
     "mlstm_swa_exp_dense": (dict(family="mlstm", n_layer=4, mlstm_swa_every=2, mlstm_swa_window=5, mlstm_forget_gate="exp",
                                  mlstm_qkv_blocksize=0, mlstm_chunk_size=8), "clm"),
     "gpt_bias_untied": (dict(family="gpt", bias=True, tie_embeddings=False, d_ff=48), "clm"),

@@ -38,11 +38,15 @@ class ModelConfig:
     mlstm_swa_window: int = 128  # keys a sliding-window attention query sees (itself included)
     # BERT (model.family=bert)
     bert_norm: str = "pre"  # pre | post: LayerNorm before each sublayer (pre-LN) or after the residual add
-    bert_positions: str = "relative"  # relative (T5-style bucketed per-head bias) | rotary
+    bert_positions: str = "relative"  # relative (ltg: disentangled; simple: T5-bucketed per-head bias) | rotary
     bert_rel_buckets: int = 32  # relative: buckets over signed distances (half each direction)
     bert_rel_max_distance: int = 128  # relative: distances beyond this share the outermost bucket
     bert_rope_base: float = 10000.0  # rotary: frequency base
     bert_elc: bool = True  # ELC-BERT: each layer reads a learned mix of all earlier layers' outputs
+    # ltg: LTG-BERT / ELC-BERT as their reference code (disentangled relative attention with
+    # log buckets up to max_seq_len, LayerNorms inside each sublayer, reference init; bias and
+    # bert_norm / bert_rel_max_distance do not apply); simple: the earlier sketch, for ablations
+    bert_arch: str = "ltg"
 
 
 @dataclass

@@ -58,6 +58,7 @@ class TinyLMConfig(PretrainedConfig):
         bert_rel_max_distance: int = 128,
         bert_rope_base: float = 10000.0,
         bert_elc: bool = True,
+        bert_arch: str = "ltg",
         pad_token_id: int = 0,
         bos_token_id: int = 2,
         eos_token_id: int = 3,
@@ -91,6 +92,7 @@ class TinyLMConfig(PretrainedConfig):
         self.bert_rel_max_distance = bert_rel_max_distance
         self.bert_rope_base = bert_rope_base
         self.bert_elc = bert_elc
+        self.bert_arch = bert_arch
         self.mask_token_id = mask_token_id
         kwargs["tie_word_embeddings"] = tie_embeddings
         kwargs.setdefault("is_decoder", self.body_is_causal)

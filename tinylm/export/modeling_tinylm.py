@@ -10,8 +10,8 @@ with it), so the exported folder works without tinylm installed:
     modeling_tinylm_mlstm.py    the mLSTM body          (tinylm/models/mlstm.py)
 
 `config.family` picks the body; module and parameter names mirror tinylm's, so weights are copied
-one to one (the body under `model.`, the head at the top: `lm_head`, and for BERT `head_dense`,
-`head_ln`). Attention is PyTorch's scaled_dot_product_attention, as tinylm's reference path.
+one to one (the body under `model.`, the head at the top: `lm_head`, and for BERT the head's
+transform, `head_dense` and its norms). Attention is PyTorch's scaled_dot_product_attention, as tinylm's reference path.
 
     AutoModel               TinyLMModel: the body; last_hidden_state (B, T, hidden_size). Causal for
                             gpt / mlstm and a clm-trained bert, bidirectional for an mlm or hybrid bert.
@@ -40,9 +40,8 @@ from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput, MaskedLMOutput
 
 from .configuration_tinylm import TinyLMConfig
-from .modeling_tinylm_bert import build as build_bert, forward as forward_bert
+from .modeling_tinylm_bert import build as build_bert, build_head as build_bert_head, forward as forward_bert, head as bert_head
 from .modeling_tinylm_gpt import build as build_gpt, forward as forward_gpt
-from .modeling_tinylm_layers import LayerNorm
 from .modeling_tinylm_mlstm import build as build_mlstm, forward as forward_mlstm
 
 try:  # transformers >= 4.50 wants GenerationMixin named explicitly for generate()
@@ -103,7 +102,7 @@ class TinyLMModel(TinyLMPreTrainedModel):
 
 class _WithHead(TinyLMPreTrainedModel):
     """The body under `model` and tinylm's output head: a tied linear decoder (gpt, mlstm), or
-    for bert the MLM head: dense -> GELU -> LayerNorm -> tied decoder with a bias."""
+    for bert the MLM head (modeling_tinylm_bert.head) and a tied decoder with a bias."""
 
     if _TRANSFORMERS_MAJOR >= 5:
         _tied_weights_keys = {"lm_head.weight": "model.tok_emb.weight"}
@@ -113,8 +112,7 @@ class _WithHead(TinyLMPreTrainedModel):
     def _build(self, config: TinyLMConfig):
         self.model = TinyLMModel(config)
         if config.family == "bert":
-            self.head_dense = nn.Linear(config.d_model, config.d_model, bias=True)
-            self.head_ln = LayerNorm(config.d_model, config.bias, config.norm_eps)
+            build_bert_head(self, config)
             self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=True)
         else:
             self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
@@ -122,7 +120,7 @@ class _WithHead(TinyLMPreTrainedModel):
 
     def logits(self, hidden):
         if self.config.family == "bert":
-            hidden = self.head_ln(F.gelu(self.head_dense(hidden), approximate="tanh"))
+            hidden = bert_head(self, hidden)
         return self.lm_head(hidden)
 
     def get_input_embeddings(self):

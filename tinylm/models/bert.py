@@ -1,29 +1,33 @@
-"""BERT: an LTG-BERT-style bidirectional encoder that can also run causally (GPT-BERT).
+"""BERT: LTG-BERT (Samuel et al. 2023) and ELC-BERT (Charpentier & Samuel 2023) as ltgoslo's
+reference code defines them; it can also run causally (GPT-BERT, Charpentier & Samuel 2024).
 
 Shapes: B batch, T time (tokens), C = d_model channels, H heads, D = C // H, F = d_ff, V vocabulary,
-NB relative-position buckets.
+NB = model.bert_rel_buckets, R = 2 * NB - 1 relative position indices.
 
-    input_ids -> token embedding -> LayerNorm -> L blocks -> MLM head (dense, GELU, LayerNorm,
-    tied decoder + bias) -> logits
+    o_0 = dropout(LN(E[input_ids]))                            (LN: no affine)
+    blocks: a = attn(x), m = ffn(x + a)
+        LTG-BERT: x <- x + a + m; the head reads the last x
+        ELC-BERT: block l reads x_l = sum_i softmax(w_l)_i o_i over o_0 .. o_l (w_l zero at init)
+                  and outputs o_{l+1} = a + m (no residual of x_l); the head reads o_L
+    head: LN -> dense -> GELU -> LN -> dropout -> decoder (tied to E, with a bias)   (LNs: no affine)
 
-- Blocks: self-attention and a GEGLU MLP (LTG-BERT), each with its residual add; pre-LN (norm before
-  each sublayer) or post-LN (norm after the residual add, the original BERT) by `model.bert_norm`.
-  The GEGLU MLP has three matrices C x F; `model.d_ff` = 0 means 4 * d_model as for GPT, the
-  shipped configs set it to ~8/3 * d_model, which costs what a plain 4 * d_model MLP costs.
-- Positions (`model.bert_positions`), no absolute position embeddings:
-  relative: a learned per-head bias b[h, bucket(j - i)] added to every attention score (T5 / DeBERTa
-            bucketing: exact for small distances, log-spaced up to bert_rel_max_distance, separate
-            buckets per direction), one table shared by all layers as in T5. The bias goes into the
-            scores, so attention runs as torch's scaled_dot_product_attention with a float mask (the
-            padding, document and causal masks folded into it as -inf) rather than tinylm.ops.
-  rotary:   q and k rotated by position (RoPE), then tinylm.ops.attention (Triton on CUDA) with the
-            key_padding_mask / doc_ids / causal flag passed through.
-- ELC-BERT layer weighting (`model.bert_elc`, Charpentier & Samuel 2023): call o_0 the embedding
-  output and o_l = block_l(x_l) - x_l what block l adds. Block l reads x_l = sum_{i<l} a[l, i] o_i
-  and the head reads sum_{i<=L} a[L, i] o_i, with every a initialised to 1: exactly the plain
-  residual stream at initialisation, and the model learns to re-weight earlier layers.
-- Causal use (GPT-BERT): forward(..., causal=True) applies a causal mask; nothing else changes, so
-  the same weights serve masked and causal training, and `generate` samples causally.
+- Attention (disentangled, as DeBERTa with LTG-BERT's choices): x -> LN (no affine) -> q, k = W_qk x
+  + b, v = W_v x + b. The relative position embeddings P (R x C, one table shared by all layers)
+  pass through their own LayerNorm (affine) and the same W_qk: Qp, Kp (R, C). With r = bucket(i - j)
+  (log_buckets),
+      score[i, j] = (q_i . k_j + q_i . Kp_r + Qp_r . k_j) / sqrt(3 D)
+  then softmax (padding / document / causal masks as -inf), dropout, W_o + b, LN (affine), dropout.
+  The position terms are computed once per layer as two (B, H, T, R) tables, q Kp^T and k Qp^T,
+  and gathered by bucket (`disentangled_attention`): no (T, T, D) tensor is ever built.
+- FFN (GEGLU): x -> LN (no affine) -> [u, g] = W_1 x -> u * gelu_tanh(g) -> LN (no affine) -> W_2 ->
+  dropout; no biases.
+- Init: every matrix and embedding truncated normal, std sqrt(2 / (5 C)), cut at +-2 std; the FFN's two
+  matrices of layer l (0-based) scaled by sqrt(1 / (2 (l + 1))); biases zero, norm gains one.
+- `model.bert_positions=rotary`: RoPE on q and k and tinylm.ops.attention (Triton on CUDA) with the
+  usual 1 / sqrt(D) scale instead of the position terms; everything else as above.
+- `model.bert_arch=simple`: the earlier sketch (tinylm/models/bert_simple.py), for ablations.
+- Causal use (GPT-BERT): forward(..., causal=True) adds the causal mask; nothing else changes, so the
+  same weights serve masked and causal training, and `generate` samples causally.
 """
 
 from __future__ import annotations
@@ -36,109 +40,104 @@ import torch.nn.functional as F
 
 from tinylm import ops
 from tinylm.config import ModelConfig
+from tinylm.models import bert_simple
+from tinylm.models.bert_positions import apply_rotary, log_buckets, rotary_tables
 from tinylm.models.layers import LayerNorm, attention_flops_per_token, decay_groups, generate_by_rerunning
 
-NORMS = ("pre", "post")
+ARCHS = ("ltg", "simple")
 POSITIONS = ("relative", "rotary")
 
 
-# --------------------------------------------------------------------------------------------------
-# positions
+class Norm(nn.Module):
+    """LayerNorm without gain or bias (LTG-BERT's elementwise_affine=False), through tinylm.ops."""
+
+    def __init__(self, eps: float):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x):
+        return ops.layer_norm(x, None, None, self.eps)
 
 
-def relative_buckets(T: int, n_buckets: int, max_distance: int, device=None) -> torch.Tensor:
-    """(T, T) bucket of the signed distance j - i (key j, query i), T5's bidirectional scheme: half
-    the buckets per direction; within a direction half of them exact (distances 0..n-1), the rest
-    log-spaced up to max_distance, beyond which distances share the last bucket."""
-    rel = torch.arange(T, device=device)[None, :] - torch.arange(T, device=device)[:, None]  # (T, T): j - i
-    half = n_buckets // 2
-    bucket = (rel > 0).long() * half  # keys after the query use the upper half
-    dist = rel.abs()
-    exact = half // 2
-    log_bucket = exact + (
-        torch.log(dist.float().clamp(min=1) / exact) / math.log(max_distance / exact) * (half - exact)
-    ).long()
-    log_bucket = log_bucket.clamp(max=half - 1)
-    return bucket + torch.where(dist < exact, dist, log_bucket)
+def disentangled_attention(q, k, v, c2p, p2c, buckets, scale: float, allowed=None, dropout_p: float = 0.0):
+    """softmax((q k^T + gather(c2p) + gather(p2c)) * scale) v over (B, H, T, D) q, k, v.
 
-
-def rotary_tables(T: int, head_dim: int, base: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin of shape (T, D/2) for RoPE on pairs (x[..., :D/2], x[..., D/2:])."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim))
-    angles = torch.arange(T, device=device).float()[:, None] * inv_freq[None, :]  # (T, D/2)
-    return angles.cos(), angles.sin()
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, H, T, D) rotated by position (the half-split convention of GPT-NeoX / LLaMA)."""
-    x1, x2 = x.float().chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
-
-
-# --------------------------------------------------------------------------------------------------
-# blocks
+    c2p (B, H, T, R) = q Kp^T and p2c (B, H, T, R) = k Qp^T are the position terms per token and
+    relative index; buckets (T, T) the index r of (query i, key j): the score of (i, j) takes
+    c2p[i, r] and p2c[j, r]. allowed (B|1, 1, T, T) bool or None; a query with no visible key gives
+    zeros (as tinylm.ops.attention)."""
+    B, H, T, _ = q.shape
+    index = buckets.expand(B, H, T, T)
+    position = c2p.gather(-1, index) + p2c.transpose(-1, -2).gather(-2, index)  # (B, H, T, T)
+    position = position * scale
+    if allowed is not None:
+        position = position.masked_fill(~allowed, float("-inf"))
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=position.to(q.dtype), dropout_p=dropout_p, scale=scale)
+    if allowed is not None:
+        y = y.masked_fill(~allowed.any(dim=-1, keepdim=True), 0.0)
+    return y
 
 
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if cfg.d_model % cfg.n_head:
-            raise ValueError(f"model.d_model={cfg.d_model} must be divisible by model.n_head={cfg.n_head}")
+        C = cfg.d_model
         self.n_head = cfg.n_head
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.norm_in = Norm(cfg.norm_eps)
+        self.qk = nn.Linear(C, 2 * C, bias=True)  # also projects the relative position embeddings
+        self.v = nn.Linear(C, C, bias=True)
+        self.proj = nn.Linear(C, C, bias=True)
+        self.norm_out = LayerNorm(C, bias=True, eps=cfg.norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
+        self.p_drop = cfg.dropout
 
     def forward(self, x, positions: dict, key_padding_mask=None, doc_ids=None, causal=False):
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
-        if "bias" in positions:  # relative: scores + bias, every mask folded into the float mask
-            allowed = ops.attention_mask(T, causal, key_padding_mask, doc_ids, x.device)  # (B|1, 1, T, T) or None
-            bias = positions["bias"].to(q.dtype)  # (1, H, T, T)
-            if allowed is not None:
-                bias = bias.masked_fill(~allowed, float("-inf"))
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-            if allowed is not None:  # a query with no visible key gives zeros (as tinylm.ops does)
-                y = y.masked_fill(~allowed.any(dim=-1, keepdim=True), 0.0)
+        H, D = self.n_head, C // self.n_head
+        h = self.norm_in(x)
+        q, k = self.qk(h).split(C, dim=-1)
+        q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in (q, k, self.v(h)))  # (B, H, T, D)
+        p_drop = self.p_drop if self.training else 0.0
+        if "rel" in positions:
+            qp, kp = self.qk(self.dropout(positions["rel"])).split(C, dim=-1)  # (R, C) each
+            qp, kp = (t.view(-1, H, D).transpose(0, 1) for t in (qp, kp))  # (H, R, D)
+            c2p, p2c = q @ kp.transpose(-1, -2), k @ qp.transpose(-1, -2)  # (B, H, T, R)
+            allowed = ops.attention_mask(T, causal, key_padding_mask, doc_ids, x.device)
+            y = disentangled_attention(q, k, v, c2p, p2c, positions["buckets"], 1.0 / math.sqrt(3 * D), allowed, p_drop)
         else:  # rotary
-            cos, sin = positions["cos"], positions["sin"]
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            q, k = apply_rotary(q, positions["cos"], positions["sin"]), apply_rotary(k, positions["cos"], positions["sin"])
             y = ops.attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask, doc_ids=doc_ids)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.dropout(self.proj(y))
+        y = self.proj(y.transpose(1, 2).reshape(B, T, C))
+        return self.dropout(self.norm_out(y))
 
 
-class GEGLU(nn.Module):
-    """proj(gelu(x W_gate) * (x W_up)) (Shazeer 2020), as in LTG-BERT."""
+class FeedForward(nn.Module):
+    """LTG-BERT's GEGLU: LN -> W_1 -> u * gelu(g) -> LN -> W_2, no biases, no norm affines."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         d_ff = cfg.d_ff or 4 * cfg.d_model
-        self.fc = nn.Linear(cfg.d_model, 2 * d_ff, bias=cfg.bias)  # gate and up in one matmul
-        self.proj = nn.Linear(d_ff, cfg.d_model, bias=cfg.bias)
+        self.norm_in = Norm(cfg.norm_eps)
+        self.fc = nn.Linear(cfg.d_model, 2 * d_ff, bias=False)  # [u, g]
+        self.norm_mid = Norm(cfg.norm_eps)
+        self.proj = nn.Linear(d_ff, cfg.d_model, bias=False)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x):
-        gate, up = self.fc(x).chunk(2, dim=-1)
-        return self.dropout(self.proj(F.gelu(gate, approximate="tanh") * up))
+        u, g = self.fc(self.norm_in(x)).chunk(2, dim=-1)
+        return self.dropout(self.proj(self.norm_mid(u * F.gelu(g, approximate="tanh"))))
 
 
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.pre_ln = cfg.bert_norm == "pre"
-        self.ln_attn = LayerNorm(cfg.d_model, bias=cfg.bias, eps=cfg.norm_eps)
         self.attn = Attention(cfg)
-        self.ln_mlp = LayerNorm(cfg.d_model, bias=cfg.bias, eps=cfg.norm_eps)
-        self.mlp = GEGLU(cfg)
+        self.mlp = FeedForward(cfg)
 
     def forward(self, x, positions, key_padding_mask=None, doc_ids=None, causal=False):
-        if self.pre_ln:
-            x = x + self.attn(self.ln_attn(x), positions, key_padding_mask, doc_ids, causal)
-            return x + self.mlp(self.ln_mlp(x))
-        x = self.ln_attn(x + self.attn(x, positions, key_padding_mask, doc_ids, causal))
-        return self.ln_mlp(x + self.mlp(x))
+        """What the block adds to its input: a + ffn(x + a), a = attn(x)."""
+        a = self.attn(x, positions, key_padding_mask, doc_ids, causal)
+        return a + self.mlp(x + a)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -152,55 +151,63 @@ class BERT(nn.Module):
         super().__init__()
         if cfg.vocab_size <= 0:
             raise ValueError("model.vocab_size must be set (it is taken from the tokenizer at launch)")
-        if cfg.bert_norm not in NORMS:
-            raise ValueError(f"model.bert_norm={cfg.bert_norm!r} is not a norm placement; use one of {', '.join(NORMS)}")
+        if cfg.bert_arch not in ARCHS:
+            raise ValueError(f"model.bert_arch={cfg.bert_arch!r} is not a BERT architecture; use one of {', '.join(ARCHS)}")
         if cfg.bert_positions not in POSITIONS:
             raise ValueError(f"model.bert_positions={cfg.bert_positions!r} is not a position scheme; "
                              f"use one of {', '.join(POSITIONS)}")
-        if cfg.bert_positions == "relative" and not (
-            cfg.bert_rel_buckets >= 4 and cfg.bert_rel_buckets % 2 == 0 and cfg.bert_rel_max_distance > cfg.bert_rel_buckets // 4
-        ):
-            raise ValueError("model.bert_rel_buckets must be even and at least 4, and model.bert_rel_max_distance "
-                             "larger than a quarter of it")
-        if cfg.bert_positions == "rotary" and (cfg.d_model // max(cfg.n_head, 1)) % 2:
+        if cfg.d_model % cfg.n_head:
+            raise ValueError(f"model.d_model={cfg.d_model} must be divisible by model.n_head={cfg.n_head}")
+        if cfg.bert_positions == "rotary" and (cfg.d_model // cfg.n_head) % 2:
             raise ValueError("rotary positions need an even head size (model.d_model / model.n_head)")
+        if cfg.bert_arch == "simple":
+            bert_simple.check(cfg)
+        elif cfg.bert_positions == "relative" and not (cfg.bert_rel_buckets >= 4 and cfg.max_seq_len > cfg.bert_rel_buckets // 2 + 1):
+            raise ValueError("model.bert_rel_buckets must be at least 4, and model.max_seq_len larger than half of it plus one")
         self.cfg = cfg
         C, L = cfg.d_model, cfg.n_layer
         self.tok_emb = nn.Embedding(cfg.vocab_size, C)
-        self.ln_emb = LayerNorm(C, bias=cfg.bias, eps=cfg.norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
-        if cfg.bert_positions == "relative":
-            self.rel_bias = nn.Embedding(cfg.bert_rel_buckets, cfg.n_head)  # (NB, H), shared by all layers
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(L))
-        # ELC weights: layer_weights[l] mixes o_0..o_l into block l's input; the last one feeds the head.
-        self.layer_weights = nn.ParameterList(nn.Parameter(torch.ones(l + 1)) for l in range(L + 1)) if cfg.bert_elc else None
-        self.ln_out = LayerNorm(C, bias=cfg.bias, eps=cfg.norm_eps) if cfg.bert_norm == "pre" else nn.Identity()
-        # MLM head: transform, then the decoder tied to the embeddings, with its own bias
-        self.head_dense = nn.Linear(C, C, bias=True)
-        self.head_ln = LayerNorm(C, bias=cfg.bias, eps=cfg.norm_eps)
-        self.head = nn.Linear(C, cfg.vocab_size, bias=True)
+        if cfg.bert_arch == "simple":
+            bert_simple.build(self, cfg)
+        else:
+            self.emb_norm = Norm(cfg.norm_eps)
+            if cfg.bert_positions == "relative":  # shared by every layer
+                self.rel_emb = nn.Parameter(torch.empty(2 * cfg.bert_rel_buckets - 1, C))
+                self.rel_norm = LayerNorm(C, bias=True, eps=cfg.norm_eps)
+            self.blocks = nn.ModuleList(Block(cfg) for _ in range(L))
+            # ELC: layer_weights[l] (l + 1 logits) mixes o_0 .. o_l into block l's input
+            self.layer_weights = nn.ParameterList(nn.Parameter(torch.zeros(l + 1)) for l in range(L)) if cfg.bert_elc else None
+            self.head_norm_in = Norm(cfg.norm_eps)
+            self.head_dense = nn.Linear(C, C, bias=True)
+            self.head_norm = Norm(cfg.norm_eps)
+        self.head = nn.Linear(C, cfg.vocab_size, bias=True)  # the decoder, with its own bias
         if cfg.tie_embeddings:
             self.head.weight = self.tok_emb.weight
-        self._init_weights()
+        if cfg.bert_arch == "simple":
+            bert_simple.init(self, cfg)
+        else:
+            self._init_ltg()
 
-    def _init_weights(self) -> None:
-        std = self.cfg.init_std
+    def _init_ltg(self) -> None:
+        """LTG-BERT's initialisation (see the module docstring)."""
+        std = math.sqrt(2.0 / (5.0 * self.cfg.d_model))
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, std=std)
+                nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
-        if self.cfg.bert_positions == "relative":
-            nn.init.zeros_(self.rel_bias.weight)  # no positional preference at initialisation
-        for name, p in self.named_parameters():  # residual projections: 1/sqrt(2 L), as GPT-2
-            if name.endswith("proj.weight"):
-                nn.init.normal_(p, std=std / math.sqrt(2 * self.cfg.n_layer))
+        if getattr(self, "rel_emb", None) is not None:
+            nn.init.trunc_normal_(self.rel_emb, std=std, a=-2 * std, b=2 * std)
+        with torch.no_grad():
+            for l, block in enumerate(self.blocks):
+                block.mlp.fc.weight.mul_(math.sqrt(1.0 / (2.0 * (l + 1))))
+                block.mlp.proj.weight.mul_(math.sqrt(1.0 / (2.0 * (l + 1))))
 
     def _positions(self, T: int, device) -> dict:
         cfg = self.cfg
         if cfg.bert_positions == "relative":
-            buckets = relative_buckets(T, cfg.bert_rel_buckets, cfg.bert_rel_max_distance, device)
-            return {"bias": self.rel_bias(buckets).permute(2, 0, 1).unsqueeze(0)}  # (1, H, T, T)
+            return {"rel": self.rel_norm(self.rel_emb), "buckets": log_buckets(T, cfg.bert_rel_buckets, cfg.max_seq_len, device)}
         cos, sin = rotary_tables(T, cfg.d_model // cfg.n_head, cfg.bert_rope_base, device)
         return {"cos": cos, "sin": sin}
 
@@ -213,28 +220,38 @@ class BERT(nn.Module):
     ) -> torch.Tensor:
         """input_ids (B, T) -> logits (B, T, V). key_padding_mask (B, T) bool, True = real token;
         doc_ids (B, T) keeps attention inside documents; causal=True for GPT-BERT's causal rows."""
-        B, T = input_ids.shape
+        T = input_ids.shape[1]
         if T > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds model.max_seq_len={self.cfg.max_seq_len}")
+        x = self.tok_emb(input_ids)
+        if self.cfg.bert_arch == "simple":
+            return self.head(bert_simple.forward(self, x, key_padding_mask, doc_ids, causal))
         positions = self._positions(T, input_ids.device)
-        x = self.dropout(self.ln_emb(self.tok_emb(input_ids)))  # (B, T, C): o_0
-        if self.layer_weights is None:
+        x = self.dropout(self.emb_norm(x))  # o_0
+        if self.layer_weights is None:  # LTG-BERT: the residual stream
             for block in self.blocks:
-                x = block(x, positions, key_padding_mask, doc_ids, causal)
-        else:
-            outputs = [x]  # o_0, o_1, ...
+                x = x + block(x, positions, key_padding_mask, doc_ids, causal)
+        else:  # ELC-BERT
+            outputs = [x]
             for block, w in zip(self.blocks, self.layer_weights):
-                x_in = sum(w[i] * o for i, o in enumerate(outputs))
-                outputs.append(block(x_in, positions, key_padding_mask, doc_ids, causal) - x_in)
-            w = self.layer_weights[-1]
-            x = sum(w[i] * o for i, o in enumerate(outputs))
-        h = self.head_ln(F.gelu(self.head_dense(self.ln_out(x)), approximate="tanh"))
-        return self.head(h)  # (B, T, V)
+                a = torch.softmax(w, dim=0)
+                x_in = sum(a[i] * o for i, o in enumerate(outputs))
+                outputs.append(block(x_in, positions, key_padding_mask, doc_ids, causal))
+            x = outputs[-1]
+        h = self.head_norm(F.gelu(self.head_dense(self.head_norm_in(x))))
+        return self.head(self.dropout(h))  # (B, T, V)
 
     # ----------------------------------------------------------------------------------------------
 
     def optimizer_groups(self, weight_decay: float) -> list[dict]:
-        return decay_groups(self, weight_decay)
+        """As every family, and the relative position embeddings undecayed like the token embedding
+        (LTG-BERT decays no embedding)."""
+        decay, no_decay = decay_groups(self, weight_decay)
+        rel = getattr(self, "rel_emb", None)
+        if rel is not None and any(p is rel for p in decay["params"]):
+            decay["params"] = [p for p in decay["params"] if p is not rel]
+            no_decay["params"].append(rel)
+        return [decay, no_decay]
 
     def num_params(self, non_embedding: bool = True) -> int:
         """All parameters (there are no absolute position embeddings to leave out; the tied token
