@@ -177,3 +177,16 @@ def test_bf16_autocast_forward(positions, arch):
         full = model(ids, key_padding_mask=real)
     assert low.dtype == torch.bfloat16 and torch.isfinite(low).all()
     torch.testing.assert_close(low.float(), full, rtol=0.05, atol=0.1)
+
+
+def test_checkpoints_from_before_bert_arch_load_as_the_simple_sketch(tmp_path):
+    import json
+
+    from tinylm.train.checkpoint import read_state
+
+    (tmp_path / "state.json").write_text(json.dumps({"step": 1, "model_config": {"family": "bert", "n_layer": 2}}))
+    assert read_state(tmp_path)["model_config"]["bert_arch"] == "simple"
+    (tmp_path / "state.json").write_text(json.dumps({"step": 1, "model_config": {"family": "bert", "bert_arch": "ltg"}}))
+    assert read_state(tmp_path)["model_config"]["bert_arch"] == "ltg"
+    (tmp_path / "state.json").write_text(json.dumps({"step": 1, "model_config": {"family": "gpt"}}))
+    assert "bert_arch" not in read_state(tmp_path)["model_config"]

@@ -35,6 +35,8 @@ def test_recipe_follows_the_babylm_rules(name):
     expected_objective = {"gpt_bert": "hybrid", "elc_bert": "mlm", "gpt": "clm", "mlstm": "clm"}[family]
     assert cfg.objective.name == expected_objective
     assert cfg.model.family == {"gpt_bert": "bert", "elc_bert": "bert", "gpt": "gpt", "mlstm": "mlstm"}[family]
+    if cfg.model.family == "bert":  # GPT-BERT is LTG-BERT without ELC's layer mixing
+        assert cfg.model.bert_arch == "ltg" and cfg.model.bert_elc == (family == "elc_bert")
 
 
 def test_steps_for_epochs_counts_windows(tmp_path):

@@ -255,8 +255,7 @@ def forward(model, x, attention_mask=None, position_ids=None, causal=False, outp
     """x: token embeddings (B, T, C) -> (last hidden state (before the MLM head), hidden states or None)."""
     cfg = model.config
     B, T = x.shape[:2]
-    if T > cfg.max_seq_len:
-        raise ValueError(f"sequence length {T} exceeds max_seq_len={cfg.max_seq_len}")
+    # No length limit: every BERT position scheme is relative (log buckets clamp far distances) or rotary.
     padded = attention_mask is not None and not bool(attention_mask.all())
     keep = allowed_mask(attention_mask if padded else None, T, causal, x.device) if (padded or causal) else None
     if cfg.bert_positions == "rotary" and position_ids is None:

@@ -221,8 +221,8 @@ class BERT(nn.Module):
         """input_ids (B, T) -> logits (B, T, V). key_padding_mask (B, T) bool, True = real token;
         doc_ids (B, T) keeps attention inside documents; causal=True for GPT-BERT's causal rows."""
         T = input_ids.shape[1]
-        if T > self.cfg.max_seq_len:
-            raise ValueError(f"sequence length {T} exceeds model.max_seq_len={self.cfg.max_seq_len}")
+        # No length limit: relative buckets clamp far distances and rotary runs at any length, so
+        # texts longer than training windows (entity tracking) are scored whole.
         x = self.tok_emb(input_ids)
         if self.cfg.bert_arch == "simple":
             return self.head(bert_simple.forward(self, x, key_padding_mask, doc_ids, causal))

@@ -77,7 +77,13 @@ def save_checkpoint(
 
 
 def read_state(ckpt: str | Path) -> dict[str, Any]:
-    return json.loads((Path(ckpt) / "state.json").read_text())
+    state = json.loads((Path(ckpt) / "state.json").read_text())
+    model_config = state.get("model_config", {})
+    # BERT checkpoints written before model.bert_arch existed hold the earlier sketch, whose weight
+    # names differ from the LTG-BERT default: they load as bert_arch=simple.
+    if model_config.get("family") == "bert" and "bert_arch" not in model_config:
+        model_config["bert_arch"] = "simple"
+    return state
 
 
 def load_checkpoint(ckpt: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
