@@ -59,6 +59,9 @@ package: $(STAMP)  ## BabyLM submission (final model + milestone revisions, card
 test: $(STAMP)  ## the whole pytest suite (CPU; Triton kernels under the interpreter)
 	$(PY) -m pytest -q $(ARGS)
 
+test-aot: $(STAMP)  ## every Triton kernel specialisation compiles for sm_80/sm_90 without spills (no GPU needed; long)
+	TINYLM_AOT=all $(PY) -m pytest -q -s tests/kernels/test_aot.py $(ARGS)
+
 test-gpu: $(STAMP)  ## only the tests marked gpu (bf16, real autotuning); needs CUDA
 	$(PY) -m pytest -q -m gpu $(ARGS)
 

@@ -25,7 +25,8 @@ import triton
 import triton.language as tl
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-# One row lives in registers (BLOCK_N = next_power_of_2(N)); past 8192 the backward starts to spill.
+# One row lives in registers (BLOCK_N = next_power_of_2(N)); past 8192 (4096 for N % 16 != 0) the
+# backward spills, so tinylm.ops routes only narrower rows here under "auto" (see kernels/aot.py).
 _MAX_N = 16384
 
 

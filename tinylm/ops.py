@@ -14,19 +14,25 @@ loop passes to `set_default_backend`.
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import torch.nn.functional as F
+
+from tinylm.errors import InputError
 
 BACKENDS = ("auto", "triton", "torch")
 _default_backend = "auto"
 
 
-def set_default_backend(backend: str) -> None:
-    """Set what backend="auto" resolves to for this process (the `kernels` config key)."""
+def set_default_backend(backend: str, device: torch.device | None = None) -> None:
+    """Set what backend="auto" resolves to for this process (the `kernels` config key). Given the
+    run's device, kernels=triton on a machine without CUDA is rejected before anything runs."""
     global _default_backend
     if backend not in BACKENDS:
-        raise ValueError(f"kernels={backend!r} is not a backend; use one of {', '.join(BACKENDS)}")
+        raise InputError(f"kernels={backend!r} is not a backend; use one of {', '.join(BACKENDS)}")
+    if backend == "triton" and device is not None:
+        _check_triton_runs_on(device)
     _default_backend = backend
 
 
@@ -39,6 +45,16 @@ def triton_available() -> bool:
     return True
 
 
+def _check_triton_runs_on(device: torch.device) -> None:
+    """kernels=triton needs triton and a CUDA device (or the CPU interpreter the tests use)."""
+    if not triton_available():
+        raise InputError("kernels=triton but the triton package is not installed; "
+                         "use kernels=auto or kernels=torch, or pip install triton")
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise InputError(f"kernels=triton needs a CUDA device, but this runs on {device.type} "
+                         "(no CUDA device visible); use kernels=auto or kernels=torch")
+
+
 def _resolve(backend: str, x: torch.Tensor, triton_suits: bool = True) -> str:
     """The backend to run; `triton_suits` says whether "auto" should pick Triton for this call."""
     if backend not in BACKENDS:
@@ -47,6 +63,8 @@ def _resolve(backend: str, x: torch.Tensor, triton_suits: bool = True) -> str:
         backend = _default_backend
     if backend == "auto":
         return "triton" if x.is_cuda and triton_suits and triton_available() else "torch"
+    if backend == "triton":
+        _check_triton_runs_on(x.device)
     return backend
 
 
@@ -122,6 +140,18 @@ def attention(
 # --------------------------------------------------------------------------------------------------
 # layer norm
 
+# Widest rows "auto" sends to the kernel: the largest hidden sizes whose forward and backward compile
+# without register spills for sm_80 and sm_90 (checked by `make test-aot`, tinylm.kernels.aot). A
+# multiple of 16 lets the compiler vectorise and keeps the 8192-wide backward spill-free; other
+# sizes spill above 4096. Wider rows (up to the kernel's 16384) run only with kernels=triton.
+LAYER_NORM_AUTO_MAX_N = 8192
+LAYER_NORM_AUTO_MAX_N_UNALIGNED = 4096
+
+
+def layer_norm_suits_kernel(N: int) -> bool:
+    """Whether "auto" runs a LayerNorm over rows of N elements in Triton (no register spills)."""
+    return N <= (LAYER_NORM_AUTO_MAX_N if N % 16 == 0 else LAYER_NORM_AUTO_MAX_N_UNALIGNED)
+
 
 def layer_norm_reference(
     x: torch.Tensor,
@@ -146,7 +176,7 @@ def layer_norm(
 ):
     """LayerNorm with an optional fused residual add (see `layer_norm_reference`)."""
     # One row lives in registers in the kernel; wider rows stay on PyTorch under "auto".
-    if _resolve(backend, x, triton_suits=x.shape[-1] <= 16384) == "triton":
+    if _resolve(backend, x, triton_suits=layer_norm_suits_kernel(x.shape[-1])) == "triton":
         from tinylm.kernels.layer_norm import fused_layer_norm
 
         return fused_layer_norm(x, weight, bias, eps, residual)

@@ -145,8 +145,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     tc = cfg.train
     # Validate everything that can be wrong before writing a single byte into the run directory.
     resume_ckpt = find_resume_checkpoint(tc.resume, run_dir)
-    ops.set_default_backend(cfg.kernels)
     device = resolve_device(tc.device)
+    ops.set_default_backend(cfg.kernels, device)
     autocast = autocast_for(device, tc.precision)
     if tc.threads > 0:
         torch.set_num_threads(tc.threads)
