@@ -350,10 +350,12 @@ def main(argv=None) -> int:
     p.add_argument("--arch", type=int, nargs="+", default=list(ARCHS), choices=sorted(SHARED_LIMIT))
     p.add_argument("--only", nargs="+", choices=sorted(FAMILIES), default=None)
     p.add_argument("--jobs", type=int, default=1, help="compiles in parallel (processes)")
+    p.add_argument("--match", default="", help="only variants whose name contains this text")
     args = p.parse_args(argv)
     variants = ci_variants() if args.subset == "ci" else all_variants(args.only)
     if args.only and args.subset == "ci":
         variants = [v for v in variants if v.module in args.only]
+    variants = [v for v in variants if args.match in v.name]
     print(f"{len(variants)} variants x {len(args.arch)} archs", flush=True)
     results = run(variants, args.arch, args.jobs, echo=lambda s: print(s, flush=True))
     bad = [r for r in results if not r.ok]

@@ -181,3 +181,83 @@ def layer_norm(
 
         return fused_layer_norm(x, weight, bias, eps, residual)
     return layer_norm_reference(x, weight, bias, eps, residual)
+
+
+# --------------------------------------------------------------------------------------------------
+# the output head and its cross-entropy
+
+
+def linear_cross_entropy_reference(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    ignore_index: int = -100,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy (nats, fp32) of logits = hidden @ weight^T + bias over the targets that
+    are not ignore_index, and the per-token losses (0 where ignored). hidden (..., C), targets (...)."""
+    return _logits_cross_entropy(F.linear(hidden, weight, bias), targets, ignore_index)
+
+
+def _logits_cross_entropy(logits, targets, ignore_index):
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32 at least (bf16 autocast)
+    per_token = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
+                                ignore_index=ignore_index, reduction="none")
+    n = (targets != ignore_index).sum().clamp(min=1)
+    return per_token.sum() / n, per_token.view(targets.shape)
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    ignore_index: int = -100,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`linear_cross_entropy_reference`, fused and chunked on Triton (the (tokens, V) logits never
+    exist; the per-token losses come back detached)."""
+    if _resolve(backend, hidden) == "triton":
+        from tinylm.kernels.fused_ce import fused_linear_cross_entropy
+
+        return fused_linear_cross_entropy(hidden, weight, bias, targets, ignore_index)
+    return linear_cross_entropy_reference(hidden, weight, bias, targets, ignore_index)
+
+
+class _HiddenStates(torch.nn.Module):
+    """Stands in for a model's output head for one call: returns the head's input unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def vocab_loss(
+    model: torch.nn.Module,
+    forward,
+    targets: torch.Tensor,
+    ignore_index: int = -100,
+    need_logits: bool = False,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The training loss of a model that scores the vocabulary: (mean loss, per-token losses,
+    logits or None).
+
+    `forward()` calls `model` and returns (..., V) logits from its output head `model.head` (an
+    nn.Linear). When the kernel path is chosen and the logits are not needed (`need_logits`, e.g.
+    for distillation), the head is replaced by an identity for that one call, so `forward()`
+    returns the head's input, and the head's matmul runs chunked inside the fused cross-entropy.
+    """
+    base = getattr(model, "_orig_mod", model)  # a torch.compile'd model's own module
+    head = getattr(base, "head", None)
+    fused = (not need_logits and isinstance(head, torch.nn.Linear)
+             and _resolve(backend, head.weight) == "triton")
+    if not fused:
+        logits = forward()
+        return (*_logits_cross_entropy(logits, targets, ignore_index), logits)
+    base.head = _HiddenStates()
+    try:
+        hidden = forward()
+    finally:
+        base.head = head
+    loss, per_token = linear_cross_entropy(hidden, head.weight, head.bias, targets, ignore_index, backend="triton")
+    return loss, per_token, None

@@ -26,6 +26,7 @@ non-finite score never counts as correct.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -99,7 +100,8 @@ def _run_rows(model, rows: list[_Row], n_texts: int, batch_size: int, pad_id: in
         target = torch.tensor([t for r in batch for _, t, _ in r.reads])
         text_idx = torch.tensor([x for r in batch for _, _, x in r.reads])
         input_ids = input_ids.to(device)
-        with torch.no_grad():
+        # bf16 autocast on CUDA (fp32 scores agree: tests/kernels/test_scoring_bf16.py); fp32 on CPU
+        with torch.no_grad(), torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext():
             if masked:
                 logits = model(input_ids, key_padding_mask=real.to(device), **(forward_kwargs or {}))
             else:

@@ -30,6 +30,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from tinylm import ops
 from tinylm.config import ObjectiveConfig
 from tinylm.data.tokenizer import MASK_ID, PAD_ID
 from tinylm.errors import InputError
@@ -143,11 +144,8 @@ class Objective:
                      adaptive: bool, stats: Stats, prefix: str = "") -> torch.Tensor:
         inputs, targets, chosen = self._mask(ids, rate, gen, shifted, adaptive)
         inputs, targets = inputs.to(self.device), targets.to(self.device)
-        logits = model(inputs)
-        per_token = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
-                                    ignore_index=IGNORE, reduction="none")
-        scored = targets.reshape(-1) != IGNORE
-        hard = per_token.sum() / scored.sum().clamp(min=1)
+        hard, per_token, logits = ops.vocab_loss(model, lambda: model(inputs), targets, IGNORE, need_logits=bool(self.teachers))
+        per_token, scored = per_token.reshape(-1), targets.reshape(-1) != IGNORE
         if adaptive and self.loss_ema is not None:
             self._update_ema(targets.reshape(-1)[scored].cpu(), per_token[scored].detach().float().cpu())
         candidates = (ids >= N_SPECIAL)[:, 1:] if shifted else ids >= N_SPECIAL
@@ -192,8 +190,8 @@ class Objective:
 
     def _clm_loss(self, model, input_ids, targets, stats: Stats, prefix: str = "") -> torch.Tensor:
         input_ids, targets = input_ids.to(self.device), targets.to(self.device)
-        logits = self.run_causal(model, input_ids, self.model_is_causal)
-        hard = cross_entropy(logits, targets)
+        hard, _, logits = ops.vocab_loss(model, lambda: self.run_causal(model, input_ids, self.model_is_causal), targets,
+                                         IGNORE, need_logits=bool(self.teachers))  # fused head + loss on CUDA
         return self._with_teachers(hard, logits, input_ids, targets, causal=True, stats=stats, prefix=prefix)
 
     def train_loss(self, model, input_ids: torch.Tensor, targets: torch.Tensor, step: int) -> tuple[torch.Tensor, Stats]:
