@@ -9,11 +9,13 @@ speedup over a PyTorch baseline measured in the same run (speedup = baseline tim
 - document-masked causal attention vs FlexAttention (compiled, document+causal block mask) and vs
   SDPA with a dense boolean mask (TFLOP/s of useful in-document causal work only);
 - LayerNorm, bf16, fwd and fwd+bwd vs eager nn.LayerNorm and torch.compile'd F.layer_norm (GB/s,
-  next to the card's copy bandwidth measured here).
+  next to the card's copy bandwidth measured here);
+- fused linear cross-entropy, bf16 fwd+bwd vs eager and compiled head + F.cross_entropy (time and
+  peak memory; bench/bench_kernels_ce.py).
 
 The table goes to stdout and, as markdown, to --out (a CSV with the same rows next to it).
 
-    python bench/bench_kernels.py [--only attention doc layernorm] [--out PATH]
+    python bench/bench_kernels.py [--only attention doc layernorm ce] [--out PATH]
 
 Needs a CUDA GPU; without one it says so and exits 0.
 """
@@ -31,7 +33,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-SECTIONS = ("attention", "doc", "layernorm")
+SECTIONS = ("attention", "doc", "layernorm", "ce")
 RESULTS_DIR = Path(os.environ.get("TINYLM_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")  # see report.py
 
 # (B, H, T, D, causal, padding mask)
@@ -372,6 +374,10 @@ def main(argv=None) -> int:
         bench_doc(args, rows)
     if "layernorm" in args.only:
         bench_layernorm(args, rows)
+    if "ce" in args.only:
+        from bench_kernels_ce import bench_fused_ce
+
+        bench_fused_ce(args, rows, Row, _bench)
 
     print()
     print("\n".join(f"{k}: {v}" for k, v in header.items()))
