@@ -18,7 +18,7 @@ pointers and for the sequence strides of contiguous (..., T, D) tensors with D %
 `all` is every specialisation (what `make test-aot` runs; long: several hundred compiles);
 `ci` is the representative subset tests/kernels/test_aot.py runs in the normal suite. Variants
 marked `forced_only` are reachable only with kernels=triton (auto keeps those shapes on PyTorch,
-see tinylm.ops); their spills are reported but do not fail the check.
+see tinylm.ops); their spills are reported but do not fail the check (shared memory still does).
 """
 
 from __future__ import annotations
@@ -73,7 +73,9 @@ class Result:
     def ok(self) -> bool:
         if self.error:
             return False
-        return self.variant.forced_only or (self.stack == 0 and self.shared <= SHARED_LIMIT[self.arch])
+        # a launch over the shared-memory limit fails on any path; spills only slow it down
+        fits = self.shared <= SHARED_LIMIT[self.arch]
+        return fits and (self.stack == 0 or self.variant.forced_only)
 
     def line(self) -> str:
         v = self.variant
@@ -162,12 +164,16 @@ def _attention_configs(autotuner, dtype: str, head_dim: int) -> list:
 
 
 def attention_variants() -> list[Variant]:
+    """fp32 inputs and head dims above ops.ATTENTION_AUTO_MAX_HEAD_DIM are forced_only: auto keeps
+    them on SDPA."""
+    from tinylm import ops
     from tinylm.kernels import attention as at
 
     out = []
     for act in ("bf16", "fp16", "fp32"):
         a = DTYPES[act]
         for D in ATTENTION_HEAD_DIMS:
+            forced = act == "fp32" or D > ops.ATTENTION_AUTO_MAX_HEAD_DIM
             BLOCK_D = max(16, triton.next_power_of_2(D))
             for mask_name, m in ATTENTION_MASKS.items():
                 kpm = "*i8" if m["HAS_KPM"] else "*fp32"
@@ -204,7 +210,7 @@ def attention_variants() -> list[Variant]:
                             "attention", fn_name,
                             f"{fn_name} {act} D{D} {mask_name} M{BM} N{BN} w{c.num_warps} s{c.num_stages}",
                             types, {**common, "BLOCK_M": BM, "BLOCK_N": BN}, c.num_warps, c.num_stages,
-                            aligned=aligned))
+                            forced, aligned=aligned))
             out.append(_variant(
                 "attention", "_bwd_delta_kernel", f"_bwd_delta_kernel {act} D{D}",
                 [("O", a), ("DO", a), ("Delta", "*fp32"),
@@ -253,8 +259,8 @@ def ci_variants() -> list[Variant]:
     variant with the most live registers that auto can launch."""
     wanted = [
         "ln_bwd bf16 N{} res+w+b",
-        "_attn_fwd_kernel bf16 D128 causal+doc M128 N64 w8 s3",
-        "_attn_bwd_dkdv_kernel bf16 D128 pad+doc M64 N64 w8 s3",
+        "_attn_fwd_kernel bf16 D64 causal+doc M128 N128 w8 s2",
+        "_attn_bwd_dkdv_kernel bf16 D64 pad+doc M64 N128 w8 s3",
         "fused_ce_lse_grad_kernel bf16",
     ]
     from tinylm import ops

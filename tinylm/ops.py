@@ -72,6 +72,12 @@ def _resolve(backend: str, x: torch.Tensor, triton_suits: bool = True) -> str:
 # attention
 
 
+# Widest head dim "auto" sends to the attention kernel. `make test-aot` (tinylm.kernels.aot) found
+# the bf16 forward with head dim 128 and a document mask spilling registers in every autotune
+# config on sm_80 (56-560 bytes) and in 3 of 4 on sm_90; wider heads run only with kernels=triton.
+ATTENTION_AUTO_MAX_HEAD_DIM = 64
+
+
 def attention_mask(
     T: int,
     causal: bool,
@@ -129,8 +135,10 @@ def attention(
     doc_ids: (B, T) int; a query attends only to keys of the same document (packed sequences).
     """
     # "auto" keeps fp32 attention on SDPA: the kernel's fp32 path (3-pass TF32) is for accuracy
-    # checks, not speed. Training runs under bf16 autocast, so q, k, v arrive in bf16.
-    if _resolve(backend, q, triton_suits=q.dtype in (torch.float16, torch.bfloat16)) == "triton":
+    # checks, not speed. Training runs under bf16 autocast, so q, k, v arrive in bf16. Head dims
+    # above ATTENTION_AUTO_MAX_HEAD_DIM stay on SDPA too (their forward spills registers).
+    suits = q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= ATTENTION_AUTO_MAX_HEAD_DIM
+    if _resolve(backend, q, triton_suits=suits) == "triton":
         from tinylm.kernels.attention import flash_attention
 
         return flash_attention(q, k, v, causal, key_padding_mask, doc_ids, scale)
