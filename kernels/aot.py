@@ -83,8 +83,8 @@ class Result:
         if self.ok and v.forced_only and self.stack:
             status = "spills (kernels=triton only)"
         if self.error:
-            return f"sm_{self.arch} {v.name}: FAIL {self.error}"
-        return (f"sm_{self.arch} {v.name}: regs {self.regs} stack {self.stack} shared {self.shared}"
+            return f"sm_{self.arch} {v.name} ({v.module}): FAIL {self.error}"
+        return (f"sm_{self.arch} {v.name} ({v.module}): regs {self.regs} stack {self.stack} shared {self.shared}"
                 f" (limit {SHARED_LIMIT[self.arch]}) warps {v.num_warps} stages {v.num_stages}"
                 f" -> {status}")
 
@@ -254,19 +254,19 @@ def all_variants(only=None) -> list[Variant]:
     return out
 
 
-def ci_variants() -> list[Variant]:
+def ci_variants(only=None) -> list[Variant]:
     """A representative subset for the normal test suite (a few compiles): per kernel family the
     variant with the most live registers that auto can launch."""
     wanted = [
         "ln_bwd bf16 N{} res+w+b",
         "_attn_fwd_kernel bf16 D64 causal+doc M128 N128 w8 s2",
-        "_attn_bwd_dkdv_kernel bf16 D64 pad+doc M64 N128 w8 s3",
+        "_attn_bwd_dkdv_kernel bf16 D64 causal+doc M64 N128 w8 s3",
         "fused_ce_lse_grad_kernel bf16",
     ]
     from tinylm import ops
 
     wanted[0] = wanted[0].format(ops.LAYER_NORM_AUTO_MAX_N)
-    everything = all_variants()
+    everything = all_variants(only)
     picked = []
     for prefix in wanted:
         match = next((v for v in everything if v.name.startswith(prefix)), None)
@@ -358,9 +358,7 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="compiles in parallel (processes)")
     p.add_argument("--match", default="", help="only variants whose name contains this text")
     args = p.parse_args(argv)
-    variants = ci_variants() if args.subset == "ci" else all_variants(args.only)
-    if args.only and args.subset == "ci":
-        variants = [v for v in variants if v.module in args.only]
+    variants = ci_variants(args.only) if args.subset == "ci" else all_variants(args.only)
     variants = [v for v in variants if args.match in v.name]
     print(f"{len(variants)} variants x {len(args.arch)} archs", flush=True)
     results = run(variants, args.arch, args.jobs, echo=lambda s: print(s, flush=True))
