@@ -77,7 +77,7 @@ def test_vocab_loss_swaps_the_head_and_matches_the_plain_loss(kind):
     if kind == "gpt":
         cfg = ModelConfig(vocab_size=70, n_layer=1, n_head=2, d_model=16, max_seq_len=12)
     else:
-        cfg = ModelConfig(family="bert", vocab_size=70, n_layer=1, n_head=2, d_model=16, max_seq_len=12)
+        cfg = ModelConfig(family="bert", vocab_size=70, n_layer=1, n_head=2, d_model=16, max_seq_len=12, bert_rel_buckets=8)
     model = build_model(cfg)
     head = model.head
     ids = torch.randint(0, 70, (2, 11))
