@@ -32,8 +32,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $(STAMP)
 
-pretrain: $(STAMP)  ## train (default: tiny GPT on the embedded corpus); ARGS="model.n_layer=4 optim.lr=1e-3"
-	$(PY) -m tinylm.pretrain $(ARGS)
+pretrain: $(STAMP)  ## train (default: tiny GPT on the embedded corpus); ARGS="model.n_layer=4 optim.lr=1e-3"; NPROC=N: torchrun DDP
+	$(if $(NPROC),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC),$(PY)) -m tinylm.pretrain $(ARGS)
 
 data: $(STAMP)  ## clean, budget, tokenize, shard; ARGS="data=babylm data.root=DIR data.budget_words=N data.out_dir=DIR"
 	$(PY) -m tinylm.prepare_data $(ARGS)
@@ -41,7 +41,7 @@ data: $(STAMP)  ## clean, budget, tokenize, shard; ARGS="data=babylm data.root=D
 tokenizer: $(STAMP)  ## train only the tokenizer of a corpus (same ARGS as make data)
 	$(PY) -m tinylm.prepare_data tokenizer_only=true $(ARGS)
 
-sweep: $(STAMP)  ## Hydra multirun, jobs one after another; ARGS="optim.lr=1e-3,3e-3"
+sweep: $(STAMP)  ## Hydra multirun; ARGS="optim.lr=1e-3,3e-3" (hydra/launcher=local_parallel|slurm_gpu, hydra/sweeper=lr_search)
 	$(PY) -m tinylm.pretrain --multirun $(ARGS)
 
 eval: $(STAMP)  ## zero-shot minimal pairs + dev perplexity; ARGS="ckpt=RUN_DIR tasks=FOLDER"

@@ -136,6 +136,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     compile: bool = False  # torch.compile the model
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    strategy: str = "ddp"  # under torchrun: ddp (replicated model) | fsdp (FSDP2-sharded); tinylm/train/distributed.py
     log_every: int = 10
     eval_every: int = 100
     eval_batches: int = 20  # dev batches per evaluation (fixed, deterministic windows)

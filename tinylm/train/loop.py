@@ -25,6 +25,7 @@ from tinylm.data.pipeline import PreparedData, prepare_data
 from tinylm.errors import InputError
 from tinylm.logs import attach_run_log, detach_run_log, progress_bar_wanted, step_line
 from tinylm.models import build_model
+from tinylm.train import distributed
 from tinylm.train.checkpoint import checkpoint_dirs, load_checkpoint, read_state, save_checkpoint
 from tinylm.train.metrics import MetricsLog, plot_loss_curve
 from tinylm.train.milestones import MilestoneWriter
@@ -62,6 +63,12 @@ def peak_flops(device: torch.device) -> float | None:
         return None
     name = torch.cuda.get_device_name(device)
     return next((v for k, v in _PEAK_BF16_FLOPS.items() if k in name), None)
+
+
+def _drop_empty_dir(path: Path, keep: Path) -> None:
+    """A non-zero rank's Hydra made its own (empty) run directory before rank 0's was agreed on."""
+    if path.resolve() != keep.resolve() and path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
 
 
 def find_resume_checkpoint(resume: str, run_dir: Path) -> Path | None:
@@ -141,21 +148,39 @@ def write_samples(model, data: PreparedData, prompts: list[str], n_tokens: int, 
 
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """Train a model as `cfg` says; returns the run summary (also written to summary.json)."""
-    run_dir = Path(cfg.run_dir)
     tc = cfg.train
+    # Under torchrun: join the process group; rank 0 alone writes (tinylm/train/distributed.py).
+    ctx, device_name = distributed.setup(tc.device, tc.strategy)
+    try:
+        return _pretrain(cfg, ctx, device_name)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str) -> dict[str, Any]:
+    tc = cfg.train
+    run_dir = Path(ctx.broadcast(cfg.run_dir))  # each rank's Hydra stamped its own time
+    if ctx.active and not ctx.is_main:
+        _drop_empty_dir(Path(cfg.run_dir), keep=run_dir)
     # Validate everything that can be wrong before writing a single byte into the run directory.
     resume_ckpt = find_resume_checkpoint(tc.resume, run_dir)
-    device = resolve_device(tc.device)
+    device = resolve_device(device_name.split(":")[0])
+    if device.type == "cuda" and ctx.active:
+        device = torch.device(device_name)
     ops.set_default_backend(cfg.kernels, device)
     autocast = autocast_for(device, tc.precision)
     if tc.threads > 0:
         torch.set_num_threads(tc.threads)
     if tc.seq_len > cfg.model.max_seq_len:
         raise InputError(f"train.seq_len={tc.seq_len} exceeds model.max_seq_len={cfg.model.max_seq_len}; raise one or lower the other")
-    torch.manual_seed(tc.seed)
+    torch.manual_seed(distributed.rank_seed(tc.seed, ctx.rank))
+    if not ctx.is_main:  # rank 0 builds the data cache; the others then read it
+        ctx.barrier()
     data = prepare_data(cfg.data, cfg.tokenizer)
+    if ctx.is_main:
+        ctx.barrier()
     if tc.epochs > 0:
-        tc = replace(tc, steps=steps_for_epochs(tc, len(data.train.tokens)))
+        tc = replace(tc, steps=steps_for_epochs(replace(tc, batch_size=tc.batch_size * ctx.world), len(data.train.tokens)))
         cfg = replace(cfg, train=tc)
         log.info(f"train.epochs={tc.epochs:g}: {tc.steps:,} steps")
     if cfg.model.vocab_size not in (0, data.tokenizer.vocab_size):
@@ -168,11 +193,15 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     except ValueError as e:
         raise InputError(str(e)) from None
     optimizer = build_optimizer(model, cfg.optim)
-    objective = build_objective(cfg.objective, model, model_cfg.vocab_size, tc.steps, tc.seed, device, data.tokenizer)
+    objective = build_objective(cfg.objective, model, model_cfg.vocab_size, tc.steps, distributed.rank_seed(tc.seed, ctx.rank),
+                                device, data.tokenizer)
     try:
-        loader = make_loader(data.train, cfg.curriculum, tc.seq_len, tc.batch_size, tc.seed, data.tokenizer.word_start_table(),
-                             tc.steps, tc.grad_accum)
-        dev_batches = fixed_windows(data.dev.tokens, tc.seq_len, tc.eval_batches, tc.batch_size)
+        # One loader for the global batch; each rank trains on its share of the rows.
+        loader = make_loader(data.train, cfg.curriculum, tc.seq_len, tc.batch_size * ctx.world, tc.seed,
+                             data.tokenizer.word_start_table(), tc.steps, tc.grad_accum)
+        if ctx.active:
+            loader = distributed.RankShare(loader, ctx)
+        dev_batches = fixed_windows(data.dev.tokens, tc.seq_len, tc.eval_batches, tc.batch_size * ctx.world)
     except ValueError as e:
         raise InputError(str(e)) from None
 
@@ -183,41 +212,52 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         loader.load_state_dict(state["loader"])
         if "objective" in state:
             objective.load_state_dict(state["objective"])
+        distributed.restore_rank_state(ctx, state, objective)
         log.info(f"resuming from {resume_ckpt} (step {step})")
-    milestones = MilestoneWriter(run_dir, model, model_cfg, tc.milestones, tc.milestone_unit_words, words_seen, data.report,
-                                 data.tokenizer.model_file)
+    milestones = MilestoneWriter(run_dir, model, model_cfg, tc.milestones and ctx.is_main, tc.milestone_unit_words, words_seen,
+                                 data.report, data.tokenizer.model_file)
 
-    # From here on the run directory is written.
-    run_dir.mkdir(parents=True, exist_ok=True)
-    attach_run_log(run_dir)
+    # From here on the run directory is written (by rank 0 only).
     full_config = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
-    config_name = "config.yaml" if resume_ckpt is None else f"config.resumed_at_{step}.yaml"
-    write_atomic(run_dir / config_name, OmegaConf.to_yaml(full_config))
-    write_overrides(run_dir, config_name)
-    write_json_atomic(run_dir / "data_report.json", data.report)
-    # The run directory is self-contained: evaluation and export need no cache.
-    write_atomic(run_dir / "tokenizer.model", data.tokenizer.model_file.read_bytes())
-    metrics = MetricsLog(run_dir, cfg.logger, full_config, resume_step=step if resume_ckpt is not None else None)
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        attach_run_log(run_dir)
+        config_name = "config.yaml" if resume_ckpt is None else f"config.resumed_at_{step}.yaml"
+        write_atomic(run_dir / config_name, OmegaConf.to_yaml(full_config))
+        write_overrides(run_dir, config_name)
+        write_json_atomic(run_dir / "data_report.json", data.report)
+        # The run directory is self-contained: evaluation and export need no cache.
+        write_atomic(run_dir / "tokenizer.model", data.tokenizer.model_file.read_bytes())
+        metrics = MetricsLog(run_dir, cfg.logger, full_config, resume_step=step if resume_ckpt is not None else None)
+    else:
+        metrics = distributed.NoMetrics()
 
-    train_model = torch.compile(model) if tc.compile else model
+    train_model = distributed.wrap_model(model, ctx, tc.strategy, device, autocast is not contextlib.nullcontext)
+    train_model = torch.compile(train_model) if tc.compile else train_model
+    eval_model = model if ctx.active and tc.strategy == "ddp" else train_model  # DDP's forward is collective
     model.train()
-    tokens_per_step = tc.batch_size * tc.grad_accum * tc.seq_len
+    tokens_per_step = tc.batch_size * tc.grad_accum * tc.seq_len * ctx.world  # all ranks
     flops_per_step = model.flops_per_token(tc.seq_len) * tokens_per_step
     peak = peak_flops(device)
     n_params = model.num_params()
     log.info(f"run directory: {run_dir}")
     log.info(f"model: {model_cfg.family} {n_params / 1e6:.2f}M non-embedding parameters, vocab {model_cfg.vocab_size}; "
-          f"data: {data.report['words_train']:,} train words, {data.report['tokens_train']:,} tokens; device {device}")
+             f"data: {data.report['words_train']:,} train words, {data.report['tokens_train']:,} tokens; device {device}"
+             + (f"; {ctx.world} processes ({tc.strategy})" if ctx.active else ""))
 
     def checkpoint() -> None:
+        ranks = distributed.gather_rank_states(ctx, objective)  # collective: every rank takes part
+        if not ctx.is_main:
+            return
         save_checkpoint(run_dir, step, model, optimizer, {
             "tokens_seen": tokens_seen, "words_seen": words_seen, "loader": loader.state_dict(),
             "objective": objective.state_dict(),
             "model_config": asdict(model_cfg), "data": {k: data.report[k] for k in ("corpus_hash", "tokenizer", "shards")},
+            **({"world_size": ctx.world, "strategy": tc.strategy, "ranks": ranks} if ranks else {}),
         }, keep=tc.keep_checkpoints)
 
     progress = None
-    if progress_bar_wanted(tc.progress):
+    if progress_bar_wanted(tc.progress) and ctx.is_main:
         from tqdm.auto import tqdm
 
         progress = tqdm(total=tc.steps, initial=step, desc="pretrain", unit="step", dynamic_ncols=True)
@@ -229,16 +269,20 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss_sum, stat_sums = 0.0, {}
-        for _ in range(tc.grad_accum):
+        for micro in range(tc.grad_accum):
             batch = loader.next_batch()
-            with autocast():
-                loss, stats = objective.train_loss(train_model, batch.input_ids, batch.targets, step)
-            (loss / tc.grad_accum).backward()
+            with distributed.no_sync(train_model, last=micro == tc.grad_accum - 1):
+                with autocast():
+                    loss, stats = objective.train_loss(train_model, batch.input_ids, batch.targets, step)
+                (loss / tc.grad_accum).backward()
             loss_sum += loss.item()
             for k, v in stats.items():
                 stat_sums[k] = stat_sums.get(k, 0.0) + v
             words_seen += batch.words
         loss_value = loss_sum / tc.grad_accum
+        if ctx.active:  # the logged loss and stats are the means over all ranks (= the global batch's for clm)
+            loss_value, *means = ctx.mean([loss_value, *stat_sums.values()])
+            stat_sums = dict(zip(stat_sums, means))
         if not math.isfinite(loss_value):
             raise InputError(f"training diverged: loss={loss_value} at step {step + 1}; lower optim.lr or raise "
                              "optim.warmup_steps, and restart from the last checkpoint with train.resume=<path>")
@@ -260,9 +304,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                    "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tokens_per_s}
             row.update({k: v / tc.grad_accum for k, v in stat_sums.items()})
             if peak:
-                row["mfu"] = flops_per_step / tokens_per_step * tokens_per_s / peak
+                row["mfu"] = flops_per_step / tokens_per_step * tokens_per_s / peak / ctx.world
             if step % tc.eval_every == 0 or step == tc.steps:
-                dev = evaluate(train_model, objective, dev_batches, autocast)
+                dev = evaluate(eval_model, objective, dev_batches, autocast)
                 dev_loss = dev["dev_loss"]
                 row.update(dev)
             metrics.log(row)
@@ -271,11 +315,11 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                 progress.set_postfix(loss=f"{loss_value:.3f}", dev=f"{dev_loss:.3f}" if dev_loss else "-", tok_s=f"{tokens_per_s:,.0f}")
             interval_start, interval_tokens = time.perf_counter(), 0
         elif step % tc.eval_every == 0:
-            dev = evaluate(train_model, objective, dev_batches, autocast)
+            dev = evaluate(eval_model, objective, dev_batches, autocast)
             dev_loss = dev["dev_loss"]
             metrics.log({"step": step, "tokens_seen": tokens_seen, "words_seen": words_seen, **dev})
             log.info(step_line({"step": step, **dev}, tc.steps, time.perf_counter() - run_start, 0))
-        if tc.sample_every and step % tc.sample_every == 0 and step != tc.steps:
+        if tc.sample_every and step % tc.sample_every == 0 and step != tc.steps and ctx.is_main:
             write_samples(model, data, list(tc.sample_prompts), tc.sample_tokens, tc.seed, step, run_dir / "samples.txt", device,
                           objective)
         if step % tc.ckpt_every == 0 or step == tc.steps:
@@ -287,7 +331,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
 
     elapsed = time.perf_counter() - run_start
     if dev_loss is None:  # resumed at the final step
-        dev_loss = evaluate(train_model, objective, dev_batches, autocast)["dev_loss"]
+        dev_loss = evaluate(eval_model, objective, dev_batches, autocast)["dev_loss"]
+    if not ctx.is_main:
+        return {"run_dir": str(run_dir), "steps": step, "words_seen": words_seen, "final_dev_loss": dev_loss}
     write_samples(model, data, list(tc.sample_prompts), tc.sample_tokens, tc.seed, step, run_dir / "samples.txt", device,
                   objective)
     metrics.close()
