@@ -40,14 +40,19 @@ def _free_port() -> int:
 
 def _forbid_writes_under(run_dir: str) -> None:
     """On ranks other than 0: any file opened for writing, folder made, renamed or removed in the
-    run directory raises (audit hooks see every such call, including those of libraries)."""
+    run directory raises (audit hooks see every such call, including those of libraries); only
+    FSDP's sharded checkpoint folders are written by every rank."""
     root = os.path.realpath(run_dir)
 
     def hook(event, args):
         if event in ("os.mkdir", "os.rename", "os.remove", "os.rmdir", "shutil.rmtree") or (
                 event == "open" and isinstance(args[1], str) and any(c in args[1] for c in "wax+")):
             path = args[0]
-            if isinstance(path, (str, bytes, os.PathLike)) and os.path.realpath(os.fsdecode(path)).startswith(root):
+            if not isinstance(path, (str, bytes, os.PathLike)):
+                return
+            path = os.path.realpath(os.fsdecode(path))
+            # FSDP's sharded checkpoints (checkpoints/step_N.dcp) hold every rank's own shards, by design.
+            if path.startswith(root) and ".dcp" not in path:
                 raise AssertionError(f"rank {os.environ['RANK']} wrote {path} ({event})")
 
     sys.addaudithook(hook)
@@ -148,3 +153,85 @@ def test_a_dying_rank_fails_the_torchrun_job_naming_the_rank_and_the_last_checkp
     assert re.search(r"rank\s*:\s*1 \(local_rank: 1\)", out), out[-3000:]
     model, _, state = load_trained(run_dir)  # the newest complete checkpoint loads
     assert state["step"] >= 2 and state["world_size"] == 2
+
+
+def test_fsdp_two_ranks_match_one_process_and_write_consolidated_safetensors(tmp_path, cache_dir):
+    one = tmp_path / "one"
+    pretrain(smoke_config(one, cache_dir, *TEN_STEPS, "train.batch_size=8", "train.milestone_unit_words=100"))
+    fsdp = tmp_path / "fsdp"
+    run_ranks(fsdp, cache_dir, *TEN_STEPS, "train.batch_size=4", "train.strategy=fsdp", "train.milestone_unit_words=100")
+    _assert_same_run(fsdp, one, tol=1e-6)  # the consolidated model.safetensors hold the same weights
+    ckpts = checkpoint_dirs(fsdp)
+    assert all((c.parent / (c.name + ".dcp") / ".metadata").exists() for c in ckpts)  # torch.distributed.checkpoint
+    # Milestones (words seen 100, 200, ...) come from the consolidated weights, like a one-process run's.
+    milestones = sorted(p.name for p in (fsdp / "milestones").iterdir())
+    assert milestones == sorted(p.name for p in (one / "milestones").iterdir()) and milestones
+    for name in milestones:
+        a, b = load_file(str(fsdp / "milestones" / name / "model.safetensors")), load_file(str(one / "milestones" / name / "model.safetensors"))
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+    load_trained(fsdp)  # eval, export and package read it unchanged
+
+    # Resume from the step-4 checkpoint's shards: the same losses and weights.
+    cut = tmp_path / "cut"
+    shutil.copytree(fsdp, cut)
+    for ckpt in checkpoint_dirs(cut)[1:]:
+        shutil.rmtree(ckpt)
+    run_ranks(cut, cache_dir, *TEN_STEPS, "train.batch_size=4", "train.strategy=fsdp", "train.milestone_unit_words=100",
+              "train.resume=auto")
+    _assert_same_run(cut, fsdp, tol=1e-6)
+
+
+def test_fsdp_needs_torchrun(tmp_path, cache_dir):
+    with pytest.raises(InputError, match="train.strategy=fsdp shards the model over torchrun's processes"):
+        pretrain(smoke_config(tmp_path / "run", cache_dir, "train.strategy=fsdp"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_ddp_bert_hybrid_steps_with_the_mean_of_each_ranks_masked_loss(tmp_path, cache_dir):
+    """GPT-BERT masks with each rank's own generator (seeded from (seed, rank)), so the reference is
+    one process computing each rank's loss on its share with that rank's objective and stepping on
+    the mean of their gradients, as DDP must."""
+    from dataclasses import replace
+
+    from tinylm.data.loader import make_loader
+    from tinylm.data.pipeline import prepare_data
+    from tinylm.models import build_model
+    from tinylm.train.distributed import rank_seed
+    from tinylm.train.objectives import build_objective
+    from tinylm.train.optim import build_optimizer, lr_at
+
+    hybrid = (*TEN_STEPS, "model=bert_tiny", "objective=hybrid", "train.batch_size=4")
+    ddp = tmp_path / "ddp"
+    run_ranks(ddp, cache_dir, *hybrid)
+
+    cfg = smoke_config(tmp_path / "ref", cache_dir, *hybrid)
+    tc = cfg.train
+    data = prepare_data(cfg.data, cfg.tokenizer)
+    model_cfg = replace(cfg.model, vocab_size=data.tokenizer.vocab_size)
+    torch.manual_seed(tc.seed)
+    model = build_model(model_cfg)
+    optimizer = build_optimizer(model, cfg.optim)
+    objectives = [build_objective(cfg.objective, model, model_cfg.vocab_size, tc.steps, rank_seed(tc.seed, r),
+                                  torch.device("cpu"), data.tokenizer) for r in range(2)]
+    loader = make_loader(data.train, cfg.curriculum, tc.seq_len, 2 * tc.batch_size, tc.seed,
+                         data.tokenizer.word_start_table(), tc.steps)
+    losses = []
+    for step in range(tc.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, tc.steps, cfg.optim)
+        batch, per_rank = loader.next_batch(), []
+        for r, objective in enumerate(objectives):
+            rows = slice(r * tc.batch_size, (r + 1) * tc.batch_size)
+            loss, _ = objective.train_loss(model, batch.input_ids[rows], batch.targets[rows], step)
+            (loss / 2).backward()
+            per_rank.append(loss.item())
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(sum(per_rank) / 2)
+    assert max(abs(a - b) for a, b in zip(_losses(ddp), losses)) <= 1e-6, (_losses(ddp), losses)
+    weights = _final_weights(ddp)
+    for name, p in model.state_dict().items():
+        if name in weights:
+            torch.testing.assert_close(weights[name], p, atol=1e-6, rtol=0, msg=name)

@@ -53,13 +53,14 @@ def save_checkpoint(
     run_dir: str | Path,
     step: int,
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | None,
     state: dict[str, Any],
     keep: int,
 ) -> Path:
-    """Write the checkpoint after `step` optimizer steps; keep only the newest `keep` of them."""
+    """Write the checkpoint after `step` optimizer steps; keep only the newest `keep` of them.
+    optimizer=None: its state is kept elsewhere (FSDP's sharded step_N.dcp, tinylm/train/distributed.py)."""
     final = Path(run_dir) / "checkpoints" / f"step_{step:08d}"
-    opt = optimizer.state_dict()
+    opt = optimizer.state_dict() if optimizer is not None else {"state": {}, "param_groups": []}
     tensors = {
         f"optim.{idx}.{name}": value.detach().cpu().contiguous()
         for idx, per_param in opt["state"].items()

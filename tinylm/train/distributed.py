@@ -23,6 +23,7 @@ import logging
 import os
 from dataclasses import dataclass, fields, replace
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -219,3 +220,57 @@ def no_sync(train_model, last: bool):
     if last or not hasattr(train_model, "no_sync"):
         return contextlib.nullcontext()
     return train_model.no_sync()
+
+
+# -- FSDP2: sharded checkpoints during training, consolidated weights for everything else ---------
+
+def dcp_dir(ckpt: Path) -> Path:
+    """The torch.distributed.checkpoint folder (sharded model + optimizer) beside checkpoints/step_N."""
+    return ckpt.with_name(ckpt.name + ".dcp")
+
+
+def save_sharded(ckpt: Path, model: torch.nn.Module, optimizer, ctx: Dist) -> None:
+    """Every rank writes its shards of the model and the optimizer (collective). Written before rank 0
+    renames step_N into place, so a complete step_N always has its .dcp."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    if ctx.is_main:  # the run directory's folders are rank 0's to make
+        dcp_dir(ckpt).mkdir(parents=True, exist_ok=True)
+    ctx.barrier()
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(dcp_dir(ckpt)))
+
+
+def load_sharded(ckpt: Path, model: torch.nn.Module, optimizer) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    if not dcp_dir(ckpt).is_dir():
+        raise InputError(f"{ckpt} has no sharded state ({dcp_dir(ckpt).name}): it was not written with train.strategy=fsdp; "
+                         "resume it with the strategy it was trained with")
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    state = {"model": model_sd, "optim": optim_sd}
+    dcp.load(state, checkpoint_id=str(dcp_dir(ckpt)))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+
+def prune_sharded(run_dir: Path) -> None:
+    """Drop the .dcp folders whose checkpoint was pruned (or never completed, older than the newest)."""
+    import shutil
+
+    root = Path(run_dir) / "checkpoints"
+    for d in root.glob("step_*.dcp") if root.is_dir() else []:
+        if not (root / d.name.removesuffix(".dcp") / "state.json").exists():
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def consolidated(model: torch.nn.Module, ctx: Dist, copy: torch.nn.Module | None) -> torch.nn.Module | None:
+    """Rank 0's full CPU copy of a sharded model, refreshed from the shards (collective on every rank);
+    what checkpoints' model.safetensors, milestones and samples are written from."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if ctx.is_main and copy is not None:
+        copy.load_state_dict(full)
+    return copy

@@ -28,7 +28,7 @@ from tinylm.models import build_model
 from tinylm.train import distributed
 from tinylm.train.checkpoint import checkpoint_dirs, load_checkpoint, read_state, save_checkpoint
 from tinylm.train.metrics import MetricsLog, plot_loss_curve
-from tinylm.train.milestones import MilestoneWriter
+from tinylm.train.milestones import MilestoneWriter, crossed
 from tinylm.train.objectives import Objective, build_objective, causal_lm_loss, pseudo_log_likelihood  # noqa: F401
 from tinylm.train.optim import build_optimizer, lr_at
 from tinylm.rerun import write_overrides
@@ -173,7 +173,7 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str) -> d
         torch.set_num_threads(tc.threads)
     if tc.seq_len > cfg.model.max_seq_len:
         raise InputError(f"train.seq_len={tc.seq_len} exceeds model.max_seq_len={cfg.model.max_seq_len}; raise one or lower the other")
-    torch.manual_seed(distributed.rank_seed(tc.seed, ctx.rank))
+    torch.manual_seed(tc.seed)  # the same initial weights on every rank (FSDP shards each rank's own)
     if not ctx.is_main:  # rank 0 builds the data cache; the others then read it
         ctx.barrier()
     data = prepare_data(cfg.data, cfg.tokenizer)
@@ -192,6 +192,15 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str) -> d
         model = build_model(model_cfg).to(device)
     except ValueError as e:
         raise InputError(str(e)) from None
+    if ctx.rank:  # from here on, each rank its own random stream
+        torch.manual_seed(distributed.rank_seed(tc.seed, ctx.rank))
+    sharded = ctx.active and tc.strategy == "fsdp"
+    if sharded and resume_ckpt is not None:  # FSDP shards the (consolidated) weights the checkpoint holds
+        load_checkpoint(resume_ckpt, model, optimizer=None)
+    # DDP, or FSDP2 sharding the model in place (before the optimizer sees its parameters), or the model.
+    train_model = distributed.wrap_model(model, ctx, tc.strategy, device, autocast is not contextlib.nullcontext)
+    snapshot = build_model(model_cfg) if sharded and ctx.is_main else None  # rank 0's full CPU copy (FSDP)
+    sample_device = torch.device("cpu") if sharded else device
     optimizer = build_optimizer(model, cfg.optim)
     objective = build_objective(cfg.objective, model, model_cfg.vocab_size, tc.steps, distributed.rank_seed(tc.seed, ctx.rank),
                                 device, data.tokenizer)
@@ -207,14 +216,19 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str) -> d
 
     step, tokens_seen, words_seen = 0, 0, 0
     if resume_ckpt is not None:
-        state = load_checkpoint(resume_ckpt, model, optimizer)
+        if sharded:  # weights loaded above; optimizer from the shards; RNG per rank below
+            state = read_state(resume_ckpt)
+            distributed.load_sharded(resume_ckpt, model, optimizer)
+        else:
+            state = load_checkpoint(resume_ckpt, model, optimizer)
         step, tokens_seen, words_seen = state["step"], state["tokens_seen"], state["words_seen"]
         loader.load_state_dict(state["loader"])
         if "objective" in state:
             objective.load_state_dict(state["objective"])
         distributed.restore_rank_state(ctx, state, objective)
         log.info(f"resuming from {resume_ckpt} (step {step})")
-    milestones = MilestoneWriter(run_dir, model, model_cfg, tc.milestones and ctx.is_main, tc.milestone_unit_words, words_seen,
+    milestones = MilestoneWriter(run_dir, snapshot if sharded else model, model_cfg, tc.milestones and ctx.is_main,
+                                 tc.milestone_unit_words, words_seen,
                                  data.report, data.tokenizer.model_file)
 
     # From here on the run directory is written (by rank 0 only).
@@ -232,9 +246,8 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str) -> d
     else:
         metrics = distributed.NoMetrics()
 
-    train_model = distributed.wrap_model(model, ctx, tc.strategy, device, autocast is not contextlib.nullcontext)
     train_model = torch.compile(train_model) if tc.compile else train_model
-    eval_model = model if ctx.active and tc.strategy == "ddp" else train_model  # DDP's forward is collective
+    eval_model = model if ctx.active and not sharded else train_model  # DDP's forward is collective
     model.train()
     tokens_per_step = tc.batch_size * tc.grad_accum * tc.seq_len * ctx.world  # all ranks
     flops_per_step = model.flops_per_token(tc.seq_len) * tokens_per_step
@@ -247,14 +260,19 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str) -> d
 
     def checkpoint() -> None:
         ranks = distributed.gather_rank_states(ctx, objective)  # collective: every rank takes part
+        if sharded:
+            distributed.save_sharded(run_dir / "checkpoints" / f"step_{step:08d}", model, optimizer, ctx)
+            distributed.consolidated(model, ctx, snapshot)
         if not ctx.is_main:
             return
-        save_checkpoint(run_dir, step, model, optimizer, {
+        save_checkpoint(run_dir, step, snapshot if sharded else model, None if sharded else optimizer, {
             "tokens_seen": tokens_seen, "words_seen": words_seen, "loader": loader.state_dict(),
             "objective": objective.state_dict(),
             "model_config": asdict(model_cfg), "data": {k: data.report[k] for k in ("corpus_hash", "tokenizer", "shards")},
             **({"world_size": ctx.world, "strategy": tc.strategy, "ranks": ranks} if ranks else {}),
         }, keep=tc.keep_checkpoints)
+        if sharded:
+            distributed.prune_sharded(run_dir)
 
     progress = None
     if progress_bar_wanted(tc.progress) and ctx.is_main:
@@ -293,6 +311,8 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str) -> d
         step += 1
         tokens_seen += tokens_per_step
         interval_tokens += tokens_per_step
+        if sharded and crossed(milestones.words, words_seen, milestones.unit):
+            distributed.consolidated(model, ctx, snapshot)
         milestones.update(step, tokens_seen, words_seen)  # before the checkpoint: a resume never skips one
 
         if step % tc.log_every == 0 or step == tc.steps:
@@ -301,7 +321,7 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str) -> d
             now = time.perf_counter()
             tokens_per_s = interval_tokens / max(now - interval_start, 1e-9)
             row = {"step": step, "tokens_seen": tokens_seen, "words_seen": words_seen, "loss": loss_value,
-                   "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tokens_per_s}
+                   "lr": lr, "grad_norm": float(getattr(grad_norm, "full_tensor", lambda: grad_norm)()), "tokens_per_s": tokens_per_s}
             row.update({k: v / tc.grad_accum for k, v in stat_sums.items()})
             if peak:
                 row["mfu"] = flops_per_step / tokens_per_step * tokens_per_s / peak / ctx.world
@@ -319,9 +339,12 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str) -> d
             dev_loss = dev["dev_loss"]
             metrics.log({"step": step, "tokens_seen": tokens_seen, "words_seen": words_seen, **dev})
             log.info(step_line({"step": step, **dev}, tc.steps, time.perf_counter() - run_start, 0))
-        if tc.sample_every and step % tc.sample_every == 0 and step != tc.steps and ctx.is_main:
-            write_samples(model, data, list(tc.sample_prompts), tc.sample_tokens, tc.seed, step, run_dir / "samples.txt", device,
-                          objective)
+        if tc.sample_every and step % tc.sample_every == 0 and step != tc.steps:
+            if sharded:
+                distributed.consolidated(model, ctx, snapshot)
+            if ctx.is_main:
+                write_samples(snapshot if sharded else model, data, list(tc.sample_prompts), tc.sample_tokens, tc.seed, step,
+                              run_dir / "samples.txt", sample_device, objective)
         if step % tc.ckpt_every == 0 or step == tc.steps:
             checkpoint()
         if progress is not None:
@@ -332,10 +355,12 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str) -> d
     elapsed = time.perf_counter() - run_start
     if dev_loss is None:  # resumed at the final step
         dev_loss = evaluate(eval_model, objective, dev_batches, autocast)["dev_loss"]
+    if sharded:
+        distributed.consolidated(model, ctx, snapshot)
     if not ctx.is_main:
         return {"run_dir": str(run_dir), "steps": step, "words_seen": words_seen, "final_dev_loss": dev_loss}
-    write_samples(model, data, list(tc.sample_prompts), tc.sample_tokens, tc.seed, step, run_dir / "samples.txt", device,
-                  objective)
+    write_samples(snapshot if sharded else model, data, list(tc.sample_prompts), tc.sample_tokens, tc.seed, step,
+                  run_dir / "samples.txt", sample_device, objective)
     metrics.close()
     summary = {
         "run_dir": str(run_dir), "steps": step, "tokens_seen": tokens_seen, "words_seen": words_seen,
