@@ -33,6 +33,8 @@ def main(cfg: DictConfig) -> dict:
     try:
         if rerun.is_saved_config(cfg):  # --config-dir RUN --config-name config (or from_run=RUN)
             cfg = rerun.typed_saved_config(cfg, HydraConfig.get().runtime.output_dir)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            return _sweep_job(cfg, pretrain)
         return pretrain(OmegaConf.to_object(cfg))
     except InputError as e:
         # Hydra creates the run directory before the job starts; a launch rejected before writing
@@ -48,6 +50,22 @@ def main(cfg: DictConfig) -> dict:
         raise
     finally:
         detach_run_log()  # a failed run leaves no handler on train.log behind
+
+
+def _sweep_job(cfg: DictConfig, pretrain) -> dict | float:
+    """One job of a multirun: resumable with train.resume=auto (tinylm.train.sweep.resume_job); under
+    hydra/sweeper=optuna it returns the objective, the final dev loss."""
+    from tinylm.train.sweep import resume_job
+
+    run = OmegaConf.to_object(cfg)
+    run.train.resume, summary = resume_job(Path(run.run_dir), run.train.resume, run.train.steps)
+    if summary is None:
+        summary = pretrain(run)
+    else:
+        print(f"sweep job {HydraConfig.get().job.num} finished earlier: {run.run_dir} (skipped)")
+    if "optuna" in str(HydraConfig.get().sweeper.get("_target_", "")).lower():
+        return float(summary["final_dev_loss"])
+    return summary
 
 
 class JobFailed(RuntimeError):
