@@ -151,6 +151,9 @@ class TrainConfig:
     progress: bool = True  # tqdm progress bar
     milestones: bool = True  # light checkpoints at 1M..10M, 20M..100M, 200M..1B words seen (RUN_DIR/milestones/)
     milestone_unit_words: int = 1_000_000  # words per "M" of the milestones (tests scale it down)
+    doc_mask: bool = False  # attention (and mLSTM memory) kept inside documents (tinylm/data/loader.py)
+    eval_tasks: Optional[str] = None  # minimal-pair folder scored at each milestone and at the end (eval_curve.png)
+    eval_tasks_max_items: int = 0  # eval_tasks: items scored per file (0: all); small keeps tracking cheap
 
 
 @dataclass

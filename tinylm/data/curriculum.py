@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from tinylm.config import CurriculumConfig
-from tinylm.data.loader import Batch, word_counts_of
+from tinylm.data.loader import Batch, document_ids, word_counts_of
 from tinylm.data.shards import Shard, unigram_counts
 from tinylm.data.tokenizer import SEP_ID, UNK_ID
 
@@ -123,7 +123,7 @@ class CurriculumLoader:
     """TokenLoader's interface (next_batch, state_dict, load_state_dict) with a curriculum."""
 
     def __init__(self, shard: Shard, cfg: CurriculumConfig, seq_len: int, batch_size: int, seed: int,
-                 word_start: np.ndarray, steps: int, grad_accum: int = 1):
+                 word_start: np.ndarray, steps: int, grad_accum: int = 1, doc_mask: bool = False):
         _check("order", cfg.order, ORDERS)
         _check("score", cfg.score, SCORES)
         _check("pacing", cfg.pacing, PACINGS)
@@ -134,6 +134,7 @@ class CurriculumLoader:
         self.cfg, self.shard, self.tokens = cfg, shard, shard.tokens
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
         self.word_counts = word_counts_of(shard, word_start)  # words starting in each token (exact)
+        self.doc_index_starts = shard.docs[:, 0] if doc_mask else None  # batches carry doc_ids (TokenLoader's)
         self.steps, self.grad_accum = max(1, steps), max(1, grad_accum)
         self.tokens_per_batch = batch_size * seq_len
         self.stages = stage_lengths(cfg, seq_len)
@@ -251,7 +252,9 @@ class CurriculumLoader:
                 targets = table[targets]
         self.served += 1
         self.words += words
-        return Batch(torch.from_numpy(np.ascontiguousarray(inputs)), torch.from_numpy(np.ascontiguousarray(targets)), words)
+        doc_ids = None if self.doc_index_starts is None else torch.from_numpy(document_ids(self.doc_index_starts, pos[:, :-1]))
+        return Batch(torch.from_numpy(np.ascontiguousarray(inputs)), torch.from_numpy(np.ascontiguousarray(targets)), words,
+                     doc_ids)
 
     # -- buckets (Dataset Decomposition) -----------------------------------------------------
     def _build_buckets(self) -> None:

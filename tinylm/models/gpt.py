@@ -21,6 +21,16 @@ from tinylm.models.layers import (
 )
 
 
+def document_positions(doc_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) doc ids -> (B, T) position of each token counted from its document's first token in
+    the window (the window's first token counts as a start)."""
+    T = doc_ids.shape[1]
+    t = torch.arange(T, device=doc_ids.device).expand_as(doc_ids)
+    start = torch.ones_like(doc_ids, dtype=torch.bool)
+    start[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    return t - torch.where(start, t, torch.zeros_like(t)).cummax(dim=1).values
+
+
 class Block(nn.Module):
     """Pre-LN block, written in the fused-residual form: instead of `x = x + f(norm(x))` it takes
     the residual stream and the previous sublayer's output not yet added to it, and lets each
@@ -81,6 +91,8 @@ class GPT(nn.Module):
         if T > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds model.max_seq_len={self.cfg.max_seq_len}")
         pos = torch.arange(T, device=input_ids.device)
+        if doc_ids is not None:  # positions restart at each document start, as when it is run alone
+            pos = document_positions(doc_ids)
         x = self.dropout(self.tok_emb(input_ids) + self.pos_emb(pos))  # (B, T, C)
         delta = None  # each block's last output, added to x by the next norm
         for block in self.blocks:

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from tinylm import ops
 from tinylm.config import ModelConfig, PretrainConfig
-from tinylm.data.loader import fixed_windows, make_loader
+from tinylm.data.loader import dev_windows, make_loader
 from tinylm.data.pipeline import PreparedData, prepare_data
 from tinylm.errors import InputError
 from tinylm.logs import attach_run_log, detach_run_log, progress_bar_wanted, step_line
@@ -115,10 +115,10 @@ def check_model_config(ckpt: Path, requested: ModelConfig) -> None:
 
 
 @torch.no_grad()
-def evaluate(model, objective: Objective, batches: list[torch.Tensor], autocast) -> dict[str, float]:
+def evaluate(model, objective: Objective, batches: list[torch.Tensor], autocast, doc_ids=None) -> dict[str, float]:
     """The objective's dev losses (nats per scored token) over fixed dev windows: {"dev_loss": ...}."""
     model.eval()
-    out = objective.evaluate(model, batches, autocast)
+    out = objective.evaluate(model, batches, autocast, doc_ids)
     model.train()
     return out
 
@@ -207,10 +207,11 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str) -> d
     try:
         # One loader for the global batch; each rank trains on its share of the rows.
         loader = make_loader(data.train, cfg.curriculum, tc.seq_len, tc.batch_size * ctx.world, tc.seed,
-                             data.tokenizer.word_start_table(), tc.steps, tc.grad_accum)
+                             data.tokenizer.word_start_table(), tc.steps, tc.grad_accum, tc.doc_mask)
         if ctx.active:
             loader = distributed.RankShare(loader, ctx)
-        dev_batches = fixed_windows(data.dev.tokens, tc.seq_len, tc.eval_batches, tc.batch_size * ctx.world)
+        dev_batches, dev_docs = dev_windows(data.dev.tokens, tc.seq_len, tc.eval_batches, tc.batch_size * ctx.world,
+                                            data.dev.docs[:, 0] if tc.doc_mask else None)
     except ValueError as e:
         raise InputError(str(e)) from None
 
@@ -291,7 +292,7 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str) -> d
             batch = loader.next_batch()
             with distributed.no_sync(train_model, last=micro == tc.grad_accum - 1):
                 with autocast():
-                    loss, stats = objective.train_loss(train_model, batch.input_ids, batch.targets, step)
+                    loss, stats = objective.train_loss(train_model, batch.input_ids, batch.targets, step, batch.doc_ids)
                 (loss / tc.grad_accum).backward()
             loss_sum += loss.item()
             for k, v in stats.items():
@@ -326,7 +327,7 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str) -> d
             if peak:
                 row["mfu"] = flops_per_step / tokens_per_step * tokens_per_s / peak / ctx.world
             if step % tc.eval_every == 0 or step == tc.steps:
-                dev = evaluate(eval_model, objective, dev_batches, autocast)
+                dev = evaluate(eval_model, objective, dev_batches, autocast, dev_docs)
                 dev_loss = dev["dev_loss"]
                 row.update(dev)
             metrics.log(row)
@@ -335,7 +336,7 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str) -> d
                 progress.set_postfix(loss=f"{loss_value:.3f}", dev=f"{dev_loss:.3f}" if dev_loss else "-", tok_s=f"{tokens_per_s:,.0f}")
             interval_start, interval_tokens = time.perf_counter(), 0
         elif step % tc.eval_every == 0:
-            dev = evaluate(eval_model, objective, dev_batches, autocast)
+            dev = evaluate(eval_model, objective, dev_batches, autocast, dev_docs)
             dev_loss = dev["dev_loss"]
             metrics.log({"step": step, "tokens_seen": tokens_seen, "words_seen": words_seen, **dev})
             log.info(step_line({"step": step, **dev}, tc.steps, time.perf_counter() - run_start, 0))
@@ -354,7 +355,7 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str) -> d
 
     elapsed = time.perf_counter() - run_start
     if dev_loss is None:  # resumed at the final step
-        dev_loss = evaluate(eval_model, objective, dev_batches, autocast)["dev_loss"]
+        dev_loss = evaluate(eval_model, objective, dev_batches, autocast, dev_docs)["dev_loss"]
     if sharded:
         distributed.consolidated(model, ctx, snapshot)
     if not ctx.is_main:

@@ -17,6 +17,11 @@ as the uninterrupted one. Masks are drawn on the CPU (the loader's batches live 
 the device with the inputs. Dev losses mask from a fixed seed at `mask_rate_end`, uniformly (no
 adaptive weights), so evaluations are comparable across a run and across runs.
 
+Documents (`train.doc_mask=true`): every loss takes the batch's doc_ids (B, T) (None: off) and passes
+them to each model call, student and teachers, causal and masked, so attention (and an mLSTM's memory)
+stays inside documents; masking itself is unchanged (specials, so <bos>/<eos>, are never chosen, and
+an MNTP target k is read at k - 1, which is <bos> or later of the same document).
+
 The masking machinery (Masker, span sampling, MNTP targets, the special-token bounds) lives in
 tinylm.train.masking; the distillation loss and teacher loading in tinylm.train.distill.
 """
@@ -80,8 +85,9 @@ def _decode_tensor(d: dict) -> torch.Tensor:
 class Objective:
     """Base: holds the generator, the schedule and the teachers; subclasses define the losses.
 
-    train_loss(model, input_ids, targets, step) -> (loss, stats)   input_ids, targets: (B, T) on the CPU
-    evaluate(model, batches, autocast) -> {"dev_loss": ..., ...}     batches: (B, T + 1) dev windows
+    train_loss(model, input_ids, targets, step, doc_ids=None) -> (loss, stats)   (B, T) on the CPU
+    evaluate(model, batches, autocast, doc_ids=None) -> {"dev_loss": ...}  batches: (B, T + 1) dev windows,
+                                                        doc_ids: their (B, T) document ids, or None
     """
 
     name = "clm"
@@ -102,20 +108,26 @@ class Objective:
     # -- model calls -------------------------------------------------------------------------------
 
     @staticmethod
-    def run_causal(model, input_ids: torch.Tensor, model_is_causal: bool) -> torch.Tensor:
-        return model(input_ids) if model_is_causal else model(input_ids, causal=True)
+    def run_causal(model, input_ids: torch.Tensor, model_is_causal: bool, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+        docs = {} if doc_ids is None else {"doc_ids": doc_ids}  # models without doc_ids keep working when off
+        return model(input_ids, **docs) if model_is_causal else model(input_ids, causal=True, **docs)
 
-    def _teacher_logits(self, input_ids: torch.Tensor, causal: bool) -> list[torch.Tensor]:
+    @staticmethod
+    def run_masked(model, input_ids: torch.Tensor, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return model(input_ids) if doc_ids is None else model(input_ids, doc_ids=doc_ids)
+
+    def _teacher_logits(self, input_ids: torch.Tensor, causal: bool, doc_ids: torch.Tensor | None) -> list[torch.Tensor]:
         with torch.no_grad():
-            return [self.run_causal(t, input_ids, t.causal) if causal else t(input_ids) for t in self.teachers]
+            return [self.run_causal(t, input_ids, t.causal, doc_ids) if causal else self.run_masked(t, input_ids, doc_ids)
+                    for t in self.teachers]
 
     def _with_teachers(self, hard: torch.Tensor, logits: torch.Tensor, input_ids: torch.Tensor, targets: torch.Tensor,
-                       causal: bool, stats: Stats, prefix: str = "") -> torch.Tensor:
+                       causal: bool, stats: Stats, prefix: str = "", doc_ids: torch.Tensor | None = None) -> torch.Tensor:
         """alpha * hard + (1 - alpha) * soft, the soft loss over the positions that have targets."""
         if not self.teachers:
             return hard
         scored = targets != IGNORE
-        teacher = [t[scored] for t in self._teacher_logits(input_ids, causal)]
+        teacher = [t[scored] for t in self._teacher_logits(input_ids, causal, doc_ids)]
         soft = distillation_loss(logits[scored], teacher, self.cfg.distill_temperature) if bool(scored.any()) else hard * 0
         stats[f"{prefix}hard_loss"] = hard.item()
         stats[f"{prefix}distill_loss"] = soft.item()
@@ -141,16 +153,18 @@ class Objective:
         return inputs, targets, chosen
 
     def _masked_loss(self, model, ids: torch.Tensor, rate: float, gen: torch.Generator, shifted: bool,
-                     adaptive: bool, stats: Stats, prefix: str = "") -> torch.Tensor:
+                     adaptive: bool, stats: Stats, prefix: str = "", doc_ids: torch.Tensor | None = None) -> torch.Tensor:
         inputs, targets, chosen = self._mask(ids, rate, gen, shifted, adaptive)
         inputs, targets = inputs.to(self.device), targets.to(self.device)
-        hard, per_token, logits = ops.vocab_loss(model, lambda: model(inputs), targets, IGNORE, need_logits=bool(self.teachers))
+        doc_ids = None if doc_ids is None else doc_ids.to(self.device)
+        hard, per_token, logits = ops.vocab_loss(model, lambda: self.run_masked(model, inputs, doc_ids), targets, IGNORE,
+                                                 need_logits=bool(self.teachers))
         per_token, scored = per_token.reshape(-1), targets.reshape(-1) != IGNORE
         if adaptive and self.loss_ema is not None:
             self._update_ema(targets.reshape(-1)[scored].cpu(), per_token[scored].detach().float().cpu())
         candidates = (ids >= N_SPECIAL)[:, 1:] if shifted else ids >= N_SPECIAL
         stats[f"{prefix}mask_rate"] = float(chosen.sum()) / max(1, int(candidates.sum()))
-        return self._with_teachers(hard, logits, inputs, targets, causal=False, stats=stats, prefix=prefix)
+        return self._with_teachers(hard, logits, inputs, targets, causal=False, stats=stats, prefix=prefix, doc_ids=doc_ids)
 
     @torch.no_grad()
     def _update_ema(self, ids: torch.Tensor, losses: torch.Tensor) -> None:
@@ -161,46 +175,50 @@ class Objective:
         d = self.cfg.adaptive_decay
         self.loss_ema[seen] = (d * self.loss_ema[seen].double() + (1 - d) * sums[seen] / counts[seen]).float()
 
-    def _dev_masked(self, model, batches, autocast: Callable, shifted: bool) -> float:
+    def _dev_masked(self, model, batches, autocast: Callable, shifted: bool, doc_ids=None) -> float:
         gen = torch.Generator().manual_seed(DEV_MASK_SEED)
         total, count = 0.0, 0
-        for rows in batches:
+        for i, rows in enumerate(batches):
             ids = rows[:, :-1]
             inputs, targets, _ = self._mask(ids, self.cfg.mask_rate_end, gen, shifted, adaptive=False)
             targets = targets.to(self.device)
+            docs = None if doc_ids is None else doc_ids[i].to(self.device)
             with autocast():
-                logits = model(inputs.to(self.device))
+                logits = self.run_masked(model, inputs.to(self.device), docs)
             n = int((targets != IGNORE).sum())
             if n:
                 total += cross_entropy(logits, targets).item() * n
                 count += n
         return total / max(count, 1)
 
-    def _dev_causal(self, model, batches, autocast: Callable) -> float:
+    def _dev_causal(self, model, batches, autocast: Callable, doc_ids=None) -> float:
         total, count = 0.0, 0
-        for rows in batches:
+        for i, rows in enumerate(batches):
             rows = rows.to(self.device)
+            docs = None if doc_ids is None else doc_ids[i].to(self.device)
             with autocast():
-                loss = cross_entropy(self.run_causal(model, rows[:, :-1], self.model_is_causal), rows[:, 1:])
+                loss = cross_entropy(self.run_causal(model, rows[:, :-1], self.model_is_causal, docs), rows[:, 1:])
             total += loss.item() * rows[:, 1:].numel()
             count += rows[:, 1:].numel()
         return total / count
 
     # -- the interface -----------------------------------------------------------------------------
 
-    def _clm_loss(self, model, input_ids, targets, stats: Stats, prefix: str = "") -> torch.Tensor:
+    def _clm_loss(self, model, input_ids, targets, stats: Stats, prefix: str = "", doc_ids=None) -> torch.Tensor:
         input_ids, targets = input_ids.to(self.device), targets.to(self.device)
-        hard, _, logits = ops.vocab_loss(model, lambda: self.run_causal(model, input_ids, self.model_is_causal), targets,
-                                         IGNORE, need_logits=bool(self.teachers))  # fused head + loss on CUDA
-        return self._with_teachers(hard, logits, input_ids, targets, causal=True, stats=stats, prefix=prefix)
+        doc_ids = None if doc_ids is None else doc_ids.to(self.device)
+        hard, _, logits = ops.vocab_loss(model, lambda: self.run_causal(model, input_ids, self.model_is_causal, doc_ids),
+                                         targets, IGNORE, need_logits=bool(self.teachers))  # fused head + loss on CUDA
+        return self._with_teachers(hard, logits, input_ids, targets, causal=True, stats=stats, prefix=prefix, doc_ids=doc_ids)
 
-    def train_loss(self, model, input_ids: torch.Tensor, targets: torch.Tensor, step: int) -> tuple[torch.Tensor, Stats]:
+    def train_loss(self, model, input_ids: torch.Tensor, targets: torch.Tensor, step: int,
+                   doc_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, Stats]:
         stats: Stats = {}
-        return self._clm_loss(model, input_ids, targets, stats), stats
+        return self._clm_loss(model, input_ids, targets, stats, doc_ids=doc_ids), stats
 
     @torch.no_grad()
-    def evaluate(self, model, batches: list[torch.Tensor], autocast: Callable) -> dict[str, float]:
-        return {"dev_loss": self._dev_causal(model, batches, autocast)}
+    def evaluate(self, model, batches: list[torch.Tensor], autocast: Callable, doc_ids=None) -> dict[str, float]:
+        return {"dev_loss": self._dev_causal(model, batches, autocast, doc_ids)}
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable: the generator state and the adaptive loss EMA (base64 bytes)."""
@@ -227,15 +245,15 @@ class MLM(Objective):
     name = "mlm"
     generates = False
 
-    def train_loss(self, model, input_ids, targets, step):
+    def train_loss(self, model, input_ids, targets, step, doc_ids=None):
         stats: Stats = {}
         loss = self._masked_loss(model, input_ids, self.mask_rate(step), self.generator, shifted=False,
-                                 adaptive=self.cfg.adaptive, stats=stats)
+                                 adaptive=self.cfg.adaptive, stats=stats, doc_ids=doc_ids)
         return loss, stats
 
     @torch.no_grad()
-    def evaluate(self, model, batches, autocast):
-        return {"dev_loss": self._dev_masked(model, batches, autocast, shifted=False)}
+    def evaluate(self, model, batches, autocast, doc_ids=None):
+        return {"dev_loss": self._dev_masked(model, batches, autocast, shifted=False, doc_ids=doc_ids)}
 
 
 class Hybrid(Objective):
@@ -252,35 +270,38 @@ class Hybrid(Objective):
         share = self.cfg.causal_share
         return math.floor((step + 1) * share) > math.floor(step * share)
 
-    def train_loss(self, model, input_ids, targets, step):
+    def train_loss(self, model, input_ids, targets, step, doc_ids=None):
         stats: Stats = {}
         rate = self.mask_rate(step)
         if self.cfg.hybrid_mode == "steps":
             if self.causal_step(step):
-                loss = self._clm_loss(model, input_ids, targets, stats)
+                loss = self._clm_loss(model, input_ids, targets, stats, doc_ids=doc_ids)
                 stats.update(clm_loss=loss.item(), causal_share=1.0)
             else:
-                loss = self._masked_loss(model, input_ids, rate, self.generator, True, self.cfg.adaptive, stats)
+                loss = self._masked_loss(model, input_ids, rate, self.generator, True, self.cfg.adaptive, stats,
+                                         doc_ids=doc_ids)
                 stats.update(mntp_loss=loss.item(), causal_share=0.0)
             return loss, stats
         B = input_ids.shape[0]
         n_c = self.causal_rows(B)
         parts = []
         if n_c > 0:
-            clm = self._clm_loss(model, input_ids[:n_c], targets[:n_c], stats, prefix="clm_")
+            clm = self._clm_loss(model, input_ids[:n_c], targets[:n_c], stats, prefix="clm_",
+                                 doc_ids=None if doc_ids is None else doc_ids[:n_c])
             stats["clm_loss"] = clm.item()
             parts.append(clm * (n_c / B))
         if n_c < B:
-            mntp = self._masked_loss(model, input_ids[n_c:], rate, self.generator, True, self.cfg.adaptive, stats)
+            mntp = self._masked_loss(model, input_ids[n_c:], rate, self.generator, True, self.cfg.adaptive, stats,
+                                     doc_ids=None if doc_ids is None else doc_ids[n_c:])
             stats["mntp_loss"] = mntp.item()
             parts.append(mntp * ((B - n_c) / B))
         stats["causal_share"] = n_c / B
         return sum(parts), stats
 
     @torch.no_grad()
-    def evaluate(self, model, batches, autocast):
-        return {"dev_loss": self._dev_causal(model, batches, autocast),
-                "dev_mntp_loss": self._dev_masked(model, batches, autocast, shifted=True)}
+    def evaluate(self, model, batches, autocast, doc_ids=None):
+        return {"dev_loss": self._dev_causal(model, batches, autocast, doc_ids),
+                "dev_mntp_loss": self._dev_masked(model, batches, autocast, shifted=True, doc_ids=doc_ids)}
 
 
 CLASSES = {"clm": CLM, "mlm": MLM, "hybrid": Hybrid, "distill": Distill}
