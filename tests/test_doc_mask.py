@@ -194,8 +194,6 @@ def test_doc_masked_run_resumes_bit_exact(tmp_path, cache_dir, monkeypatch):
     overrides = ("train.doc_mask=true", "train.steps=8", "train.ckpt_every=4", "train.log_every=2",
                  "train.eval_every=4", "train.milestones=false", "objective=hybrid", "model=bert_tiny")
     full = pretrain(smoke_config(tmp_path / "full", cache_dir, *overrides))
-    plain = pretrain(smoke_config(tmp_path / "plain", cache_dir, *overrides[1:]))
-    assert full["final_dev_loss"] != plain["final_dev_loss"]  # the mask changes the model
     part = tmp_path / "part"
     with monkeypatch.context() as m:
         _interrupt_after_checkpoint(m, at_step=4)

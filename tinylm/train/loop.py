@@ -27,7 +27,8 @@ from tinylm.logs import attach_run_log, detach_run_log, progress_bar_wanted, ste
 from tinylm.models import build_model
 from tinylm.train import distributed
 from tinylm.train.checkpoint import checkpoint_dirs, load_checkpoint, read_state, save_checkpoint
-from tinylm.train.metrics import MetricsLog, plot_loss_curve
+from tinylm.train.eval_during import TaskTracker, plot_eval_curve
+from tinylm.train.metrics import MetricsLog, plot_loss_curve, read_metrics
 from tinylm.train.milestones import MilestoneWriter, crossed
 from tinylm.train.objectives import Objective, build_objective, causal_lm_loss, pseudo_log_likelihood  # noqa: F401
 from tinylm.train.optim import build_optimizer, lr_at
@@ -228,6 +229,9 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str) -> d
             objective.load_state_dict(state["objective"])
         distributed.restore_rank_state(ctx, state, objective)
         log.info(f"resuming from {resume_ckpt} (step {step})")
+    # minimal pairs scored at each milestone (rank 0, which writes the milestones)
+    tracker = (TaskTracker(tc.eval_tasks, tc.eval_tasks_max_items, cfg.objective.name, data.tokenizer, sample_device)
+               if tc.eval_tasks and ctx.is_main else None)
     milestones = MilestoneWriter(run_dir, snapshot if sharded else model, model_cfg, tc.milestones and ctx.is_main,
                                  tc.milestone_unit_words, words_seen,
                                  data.report, data.tokenizer.model_file)
@@ -314,7 +318,11 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str) -> d
         interval_tokens += tokens_per_step
         if sharded and crossed(milestones.words, words_seen, milestones.unit):
             distributed.consolidated(model, ctx, snapshot)
-        milestones.update(step, tokens_seen, words_seen)  # before the checkpoint: a resume never skips one
+        written = milestones.update(step, tokens_seen, words_seen)  # before the checkpoint: a resume never skips one
+        if tracker is not None and written:
+            metrics.log(tracker.row(snapshot if sharded else model, step, tokens_seen, words_seen,
+                                    ",".join(p.name for p in written)))
+            plot_eval_curve(run_dir, read_metrics(run_dir))
 
         if step % tc.log_every == 0 or step == tc.steps:
             if device.type == "cuda":
@@ -362,6 +370,10 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str) -> d
         return {"run_dir": str(run_dir), "steps": step, "words_seen": words_seen, "final_dev_loss": dev_loss}
     write_samples(snapshot if sharded else model, data, list(tc.sample_prompts), tc.sample_tokens, tc.seed, step,
                   run_dir / "samples.txt", sample_device, objective)
+    if tracker is not None:
+        if tracker.last_step != step:
+            metrics.log(tracker.row(snapshot if sharded else model, step, tokens_seen, words_seen, None))
+        plot_eval_curve(run_dir, read_metrics(run_dir))
     metrics.close()
     summary = {
         "run_dir": str(run_dir), "steps": step, "tokens_seen": tokens_seen, "words_seen": words_seen,
