@@ -18,7 +18,7 @@ TORCH  := torch==2.13.0
 TRITON := $(if $(filter Linux,$(shell uname -s)),triton==3.7.1,)
 
 .DEFAULT_GOAL := help
-.PHONY: help install pretrain sweep eval export package generate test test-gpu bench bench-kernels clean clean-data clean-runs data tokenizer
+.PHONY: help install pretrain sweep eval export package babylm generate test test-gpu bench bench-kernels clean clean-data clean-runs data tokenizer
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ generate: $(STAMP)  ## sample from a run; ARGS="ckpt=RUN_DIR prompt='Once upon a
 
 package: $(STAMP)  ## BabyLM submission (final model + milestone revisions, card, compliance); ARGS="run=RUN_DIR out=DIR"
 	$(PY) -m tinylm.package $(ARGS)
+
+babylm: $(STAMP)  ## corpus -> data -> pretrain -> eval -> submission; ARGS="experiment=E data.root=DIR tasks=EVAL_DIR"
+	$(PY) -m tinylm.babylm $(ARGS)
 
 test: $(STAMP)  ## the whole pytest suite (CPU; Triton kernels under the interpreter)
 	$(PY) -m pytest -q $(ARGS)
