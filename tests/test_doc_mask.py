@@ -205,3 +205,24 @@ def test_doc_masked_run_resumes_bit_exact(tmp_path, cache_dir, monkeypatch):
     a = [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(tmp_path / "full")]
     b = [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(part)]
     assert a == b and any("dev_mntp_loss" in r for r in a)
+
+
+@pytest.mark.parametrize("name,objective,head", [("gpt", "clm", "causal"), ("mlstm_chunkwise", "clm", "causal"),
+                                                 ("bert_relative", "hybrid", "causal"), ("bert_rotary", "mlm", "masked")])
+def test_the_export_accepts_doc_ids_like_the_native_model(name, objective, head):
+    from dataclasses import asdict
+
+    from tinylm.export.hf import to_hf_model
+
+    cfg = ModelConfig(vocab_size=V, n_layer=2, n_head=2, d_model=32, max_seq_len=64, **FAMILIES[name])
+    torch.manual_seed(0)
+    native = build_model(cfg).eval()
+    hf = to_hf_model(native, asdict(cfg), objective, head)
+    ids, doc, _ = two_documents()
+    ids, doc = torch.cat([ids, ids.flip(1)]), torch.cat([doc, torch.tensor([[1] * 5 + [2] * 19])])
+    kw = {"causal": True} if head == "causal" and cfg.family == "bert" else {}
+    with torch.no_grad():
+        want = native(ids, doc_ids=doc, **kw)
+        got = hf(input_ids=ids, doc_ids=doc, output_hidden_states=True)
+    torch.testing.assert_close(got.logits, want, rtol=1e-4, atol=1e-4)
+    assert got.hidden_states[-1].shape == (2, 24, 32)

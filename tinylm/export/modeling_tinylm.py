@@ -30,6 +30,9 @@ Texts longer than the training window (BabyLM's entity tracking has inputs of 26
 - mlstm: no position table; the recurrence and the sliding-window attention take any length.
 - bert: relative (bucketed) or rotary positions are defined at any distance; the body's length
   check (modeling_tinylm_bert.py) decides whether it accepts more than max_seq_len.
+
+doc_ids (B, T), optional: packed documents (tinylm's train.doc_mask=true); each stretch of equal ids
+is run as if alone, as the native models do with them.
 """
 
 import torch
@@ -88,16 +91,40 @@ class TinyLMModel(TinyLMPreTrainedModel):
         self.tok_emb = value
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
-                output_hidden_states=None, return_dict=None, causal=None, **kwargs):
+                output_hidden_states=None, return_dict=None, causal=None, doc_ids=None, **kwargs):
         """causal: None = the family's default (config.body_is_causal); True / False to choose
-        (only a bert body can run both ways)."""
+        (only a bert body can run both ways). doc_ids (B, T): packed documents, as tinylm trains
+        with train.doc_mask=true (see _by_document)."""
         if inputs_embeds is None:
             inputs_embeds = self.tok_emb(input_ids)
         if causal is None:
             causal = self.config.body_is_causal
-        x, hidden = FAMILIES[self.config.family][1](self, inputs_embeds, attention_mask, position_ids, causal,
-                                                     bool(output_hidden_states))
+        run = FAMILIES[self.config.family][1]
+        if doc_ids is not None:
+            x, hidden = self._by_document(run, inputs_embeds, attention_mask, position_ids, causal,
+                                          bool(output_hidden_states), doc_ids)
+        else:
+            x, hidden = run(self, inputs_embeds, attention_mask, position_ids, causal, bool(output_hidden_states))
         return BaseModelOutput(last_hidden_state=x, hidden_states=tuple(hidden) if hidden is not None else None)
+
+    def _by_document(self, run, x, attention_mask, position_ids, causal, want_hidden, doc_ids):
+        """Each stretch of equal doc ids in a row is run on its own: what doc ids mean in tinylm's
+        own models (attention and the mLSTM's memory and conv kept inside a document, positions
+        counted from its start). One body call per document: for packed inputs, not for speed."""
+        def piece(t, b, s, e):
+            return None if t is None else t[b : b + 1, s:e]
+
+        rows, row_hidden = [], []
+        for b in range(x.shape[0]):
+            ids = doc_ids[b]
+            cuts = [0, *((ids[1:] != ids[:-1]).nonzero().flatten() + 1).tolist(), x.shape[1]]
+            outs = [run(self, x[b : b + 1, s:e], piece(attention_mask, b, s, e), piece(position_ids, b, s, e), causal,
+                        want_hidden) for s, e in zip(cuts, cuts[1:])]
+            rows.append(torch.cat([o[0] for o in outs], dim=1))
+            if want_hidden:
+                row_hidden.append([torch.cat(layer, dim=1) for layer in zip(*(o[1] for o in outs))])
+        hidden = [torch.cat(layer, dim=0) for layer in zip(*row_hidden)] if want_hidden else None
+        return torch.cat(rows, dim=0), hidden
 
 
 class _WithHead(TinyLMPreTrainedModel):
@@ -144,13 +171,14 @@ class TinyLMForCausalLM(_WithHead, GenerationMixin):
         self._build(config)
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, labels=None,
-                output_hidden_states=None, return_dict=None, **kwargs):
+                output_hidden_states=None, return_dict=None, doc_ids=None, **kwargs):
         T = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-        if self.config.family == "gpt" and T > self.config.max_seq_len and position_ids is None:
+        if self.config.family == "gpt" and T > self.config.max_seq_len and position_ids is None and doc_ids is None:
             logits, hidden_states = self._sliding_window_logits(input_ids, attention_mask, inputs_embeds), None
         else:
             out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             inputs_embeds=inputs_embeds, output_hidden_states=output_hidden_states, causal=True)
+                             inputs_embeds=inputs_embeds, output_hidden_states=output_hidden_states, causal=True,
+                             doc_ids=doc_ids)
             logits, hidden_states = self.logits(out.last_hidden_state), out.hidden_states
         loss = None
         if labels is not None:
@@ -203,9 +231,10 @@ class TinyLMForMaskedLM(_WithHead):
         self._build(config)
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, labels=None,
-                output_hidden_states=None, return_dict=None, **kwargs):
+                output_hidden_states=None, return_dict=None, doc_ids=None, **kwargs):
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         inputs_embeds=inputs_embeds, output_hidden_states=output_hidden_states, causal=False)
+                         inputs_embeds=inputs_embeds, output_hidden_states=output_hidden_states, causal=False,
+                         doc_ids=doc_ids)
         logits = self.logits(out.last_hidden_state)
         loss = None
         if labels is not None:
