@@ -116,6 +116,7 @@ FAMILIES = {
     "mlstm_chunkwise": dict(family="mlstm", mlstm_form="chunkwise", mlstm_chunk_size=8, mlstm_swa_every=2,
                             mlstm_swa_window=6),
     "mlstm_parallel": dict(family="mlstm", mlstm_form="parallel", mlstm_swa_every=2, mlstm_swa_window=6),
+    "mlstm_recurrent": dict(family="mlstm", mlstm_form="recurrent", mlstm_swa_every=2, mlstm_swa_window=6),
 }
 
 
