@@ -320,9 +320,11 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str) -> d
             distributed.consolidated(model, ctx, snapshot)
         written = milestones.update(step, tokens_seen, words_seen)  # before the checkpoint: a resume never skips one
         if tracker is not None and written:
+            scored_at = time.perf_counter()
             metrics.log(tracker.row(snapshot if sharded else model, step, tokens_seen, words_seen,
                                     ",".join(p.name for p in written)))
             plot_eval_curve(run_dir, read_metrics(run_dir))
+            interval_start += time.perf_counter() - scored_at  # tokens/s counts training only
 
         if step % tc.log_every == 0 or step == tc.steps:
             if device.type == "cuda":
