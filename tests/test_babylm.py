@@ -1,5 +1,5 @@
 """`make babylm` (python -m tinylm.babylm) end to end at smoke scale: a tiny corpus in the BabyLM
-layout -> data -> GPT-BERT pretraining with milestones and the fast set scored at each -> the full
+layout -> data -> GPT-BERT pretraining (the babylm_strict_small_gpt_bert recipe at smoke scale) with milestones and the fast set scored at each -> the full
 set evaluated with the objective's scorer -> a submission folder; and bad input stops before training."""
 
 import json
@@ -45,7 +45,9 @@ SMOKE = ("debug=cpu_smoke", "data=babylm", "tokenizer.vocab_size=320", "train.th
 def test_corpus_to_submission(tmp_path, cache_dir):
     corpus, tasks = babylm_folder(tmp_path / "babylm"), pair_folder(tmp_path / "eval")
     run, out = tmp_path / "run", tmp_path / "submission"
-    done = main([*SMOKE, "model=bert_tiny", "objective=hybrid", f"data.root={corpus}", f"data.cache_dir={cache_dir}",
+    # the GPT-BERT recipe shrunk by debug=cpu_smoke (and 8 steps instead of its 10 epochs)
+    done = main(["experiment=babylm_strict_small_gpt_bert", *SMOKE, "train.epochs=0", "train.grad_accum=1",
+                 f"data.root={corpus}", f"data.cache_dir={cache_dir}",
                  f"run_dir={run}", f"train.eval_tasks={tasks}", f"tasks={tasks}", f"out={out}", "repo_id=me/tiny"])
     assert done["submission"] == str(out)
     # pretraining: milestones, and the fast set scored at each with GPT-BERT's scorer
