@@ -140,10 +140,11 @@ def test_each_document_gets_its_own_logits(name, causal):
         both = model(ids, doc_ids=doc, **kw)
         first, second = model(ids[:, :cut], **kw), model(ids[:, cut:], **kw)
         unmasked = model(ids, **kw)
-    torch.testing.assert_close(both[:, cut:], second, rtol=1e-9, atol=1e-9)
-    torch.testing.assert_close(both[:, :cut], first, rtol=1e-9, atol=1e-9)
+    # float64 throughout, except rotary tables built in float32 (~1e-8 apart at other offsets)
+    torch.testing.assert_close(both[:, cut:], second, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(both[:, :cut], first, rtol=1e-6, atol=1e-6)
     # and without the ids the second document does see the first (the test can fail)
-    assert (unmasked[:, cut:] - second).abs().max() > 1e-6
+    assert (unmasked[:, cut:] - second).abs().max() > 1e-4
 
 
 # --------------------------------------------------------------------------------------------------

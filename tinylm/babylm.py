@@ -99,7 +99,6 @@ def run(argv: list[str]) -> dict[str, Any]:
     from tinylm.package.config import PackageConfig
     from tinylm.prepare_data import PrepareDataConfig
     from tinylm.prepare_data import run as prepare
-    from tinylm.train.eval_during import SCORER_BY_OBJECTIVE
     from tinylm.train.loop import pretrain
 
     print(f"[1/4] preparing the data ({cfg.data.name}: {cfg.data.root or ', '.join(cfg.data.paths) or 'built in'})")
@@ -108,9 +107,8 @@ def run(argv: list[str]) -> dict[str, Any]:
     summary = pretrain(cfg)
     results = None
     if tasks is not None:
-        scorer = SCORER_BY_OBJECTIVE[cfg.objective.name]
-        print(f"[3/4] evaluating {tasks} with scorer={scorer} (objective={cfg.objective.name})")
-        results = evaluate(EvalConfig(ckpt=str(run_dir), tasks=tasks, out=str(run_dir / "eval"), scorer=scorer,
+        print(f"[3/4] evaluating {tasks} (scorer=auto: from objective={cfg.objective.name})")
+        results = evaluate(EvalConfig(ckpt=str(run_dir), tasks=tasks, out=str(run_dir / "eval"), scorer="auto",
                                       device=cfg.train.device, threads=cfg.train.threads))
     else:
         print("[3/4] no tasks=FOLDER given: no final evaluation (the package has no predictions.json)")

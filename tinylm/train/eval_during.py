@@ -3,9 +3,9 @@ milestone and at the end of the run, so accuracy can be read against words seen.
 
 The files are read and tokenized once, at launch (a bad folder fails before the run directory is
 touched), with the loaders and scorers of tinylm.eval; `train.eval_tasks_max_items` keeps only the
-first N items of each file so that tracking stays cheap. The scorer follows the objective: clm and
-distill -> causal (a BERT trained with clm is run with causal=True), mlm -> pll, hybrid -> mntp
-(GPT-BERT predicts a masked token at the position before it). Scoring draws no random numbers and
+first N items of each file so that tracking stays cheap. The scorer follows the objective as
+`tinylm.eval scorer=auto` does (tinylm.train.positions.default_scorer: clm and distill -> causal, a
+BERT trained with clm run with causal=True; mlm -> pll; hybrid -> mntp), in windows of train.seq_len. Scoring draws no random numbers and
 puts the model back in training mode, so a resumed run stays bit-exact.
 
 Each evaluation is one metrics.jsonl row: step, tokens_seen, words_seen, the milestone it belongs
@@ -24,13 +24,10 @@ import torch
 
 from tinylm.errors import InputError
 
-SCORER_BY_OBJECTIVE = {"clm": "causal", "distill": "causal", "mlm": "pll", "hybrid": "mntp"}
-
-
 class TaskTracker:
     """Scores one minimal-pair folder with a training model; `row(...)` gives the metrics row."""
 
-    def __init__(self, folder: str, max_items: int, objective: str, tokenizer, device: torch.device):
+    def __init__(self, folder: str, max_items: int, objective: str, tokenizer, device: torch.device, window: int):
         from tinylm.eval.config import EvalConfig
         from tinylm.eval.formats import read_tasks
         from tinylm.eval.scoring import encode_scored
@@ -43,8 +40,10 @@ class TaskTracker:
         self.files, _ = read_tasks(folder, max_items)
         if not self.files:
             raise InputError(f"train.eval_tasks={folder} holds no evaluation files (.jsonl / .txt minimal pairs)")
-        self.scorer = SCORER_BY_OBJECTIVE[objective]
-        self.tokenizer, self.device = tokenizer, device
+        from tinylm.train.positions import default_scorer
+
+        self.scorer = default_scorer(objective)
+        self.tokenizer, self.device, self.window = tokenizer, device, window
         self.cfg = EvalConfig(ckpt="", tasks=folder)
         self.texts = {}  # per file: the scored texts of all candidates, and the item each belongs to
         for tf in self.files:
@@ -61,7 +60,7 @@ class TaskTracker:
         """results.json's `tasks` section (tinylm.eval.report.aggregate) for the model as it is now."""
         from tinylm.eval.report import aggregate
         from tinylm.eval.run import score_texts
-        from tinylm.eval.scoring import judge
+        from tinylm.eval.scoring import judge, model_window
 
         was_training = model.training
         model.eval()
@@ -69,7 +68,7 @@ class TaskTracker:
         try:
             for tf in self.files:
                 texts, owner = self.texts[tf.source]
-                flat = score_texts(model, self.tokenizer, self.scorer, texts, self.cfg, self.device)
+                flat = score_texts(model, self.scorer, texts, self.cfg, min(self.window, model_window(model)), self.device)
                 per_item: list[list[float]] = [[] for _ in tf.items]
                 for n, s in zip(owner, flat):
                     per_item[n].append(s)

@@ -230,8 +230,8 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str) -> d
         distributed.restore_rank_state(ctx, state, objective)
         log.info(f"resuming from {resume_ckpt} (step {step})")
     # minimal pairs scored at each milestone (rank 0, which writes the milestones)
-    tracker = (TaskTracker(tc.eval_tasks, tc.eval_tasks_max_items, cfg.objective.name, data.tokenizer, sample_device)
-               if tc.eval_tasks and ctx.is_main else None)
+    tracker = (TaskTracker(tc.eval_tasks, tc.eval_tasks_max_items, cfg.objective.name, data.tokenizer, sample_device,
+                           tc.seq_len) if tc.eval_tasks and ctx.is_main else None)
     milestones = MilestoneWriter(run_dir, snapshot if sharded else model, model_cfg, tc.milestones and ctx.is_main,
                                  tc.milestone_unit_words, words_seen,
                                  data.report, data.tokenizer.model_file)
