@@ -48,15 +48,20 @@ def test_folder_layout_and_self_contained_code(exported):
     names = {p.name for p in exported.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", *TEMPLATES} <= names
     modules = {name[:-3] for name in TEMPLATES}
+    imports = {}
     for name in TEMPLATES:
         tree = ast.parse((exported / name).read_text())
         absolute = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         absolute |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
         assert absolute <= {"torch", "transformers", "math"}, (name, absolute)
-        relative = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level > 0}
-        assert relative <= modules - {name[:-3]}, (name, relative)
-        if name == "modeling_tinylm.py":  # transformers copies what the entry module imports, recursively
-            assert relative == modules - {"modeling_tinylm"}
+        imports[name[:-3]] = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level > 0}
+        assert imports[name[:-3]] <= modules - {name[:-3]}, (name, imports[name[:-3]])
+    # transformers copies what the entry module imports, recursively: every template must be reached
+    reached, frontier = set(), {"modeling_tinylm"}
+    while frontier:
+        reached |= frontier
+        frontier = set().union(*(imports[m] for m in frontier)) - reached
+    assert reached == modules
     config = json.loads((exported / "config.json").read_text())
     assert config["model_type"] == "tinylm" and config["family"] == "gpt"
     assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM"}
