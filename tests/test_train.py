@@ -44,7 +44,7 @@ def test_short_run_learns_and_fills_the_run_directory(tmp_path, cache_dir):
     assert "## step 60" in (run_dir / "samples.txt").read_text()
     ckpt = checkpoint_dirs(run_dir)[-1]
     assert ckpt.name == "step_00000060" and len(checkpoint_dirs(run_dir)) == 2  # keep_checkpoints
-    assert sorted(p.name for p in ckpt.iterdir()) == ["model.safetensors", "state.json", "state.safetensors"]
+    assert sorted(p.name for p in ckpt.iterdir()) == ["manifest.json", "model.safetensors", "state.json", "state.safetensors"]
     state = json.loads((ckpt / "state.json").read_text())
     assert state["step"] == 60 and state["model_config"]["d_model"] == 64
     assert "optim.0.exp_avg" in load_file(ckpt / "state.safetensors")
@@ -146,6 +146,7 @@ def test_checkpoint_from_before_a_new_model_field_still_resumes(tmp_path, cache_
     state = json.loads((ckpt / "state.json").read_text())
     del state["model_config"]["init_std"]
     (ckpt / "state.json").write_text(json.dumps(state))
+    (ckpt / "manifest.json").unlink()  # older checkpoints had no manifest either
     summary = pretrain(smoke_config(run_dir, cache_dir, "train.steps=8", "train.resume=auto"))
     assert summary["steps"] == 8
 

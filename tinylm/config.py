@@ -135,14 +135,18 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     compile: bool = False  # torch.compile the model
-    threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    threads: int = 0  # torch CPU threads; 0: auto (tinylm/train/threads.py: free physical cores, 1 under contention)
     strategy: str = "ddp"  # under torchrun: ddp (replicated model) | fsdp (FSDP2-sharded); tinylm/train/distributed.py
     log_every: int = 10
     eval_every: int = 100
     eval_batches: int = 20  # dev batches per evaluation (fixed, deterministic windows)
     ckpt_every: int = 200
     keep_checkpoints: int = 2  # newest full checkpoints kept in the run directory
-    resume: str = "never"  # never | auto (newest checkpoint in the run dir) | a checkpoint path
+    resume: str = "never"  # never | auto (newest intact checkpoint in the run dir) | a checkpoint path
+    resume_data: str = "same"  # same: a resume on other data / tokenizer is refused | changed: allowed, recorded
+    max_bad_steps: int = 3  # non-finite steps in a row (skipped, not applied) before on_divergence acts
+    on_divergence: str = "stop"  # stop (one error line) | rollback (reload the last good checkpoint, lr x rollback_lr_factor)
+    rollback_lr_factor: float = 0.5
     sample_every: int = 0  # 0: samples only at the end
     sample_tokens: int = 64
     sample_prompts: list[str] = field(
@@ -238,6 +242,37 @@ def register_configs() -> None:
 
     cs = ConfigStore.instance()
     cs.store(name="pretrain_schema", node=PretrainConfig)
+
+
+def validate_pretrain(cfg: PretrainConfig) -> None:
+    """Reject values no run can use, before anything is written (one InputError naming the key)."""
+    from tinylm.errors import InputError
+
+    tc = cfg.train
+    for key in ("steps", "batch_size", "grad_accum", "seq_len", "log_every", "eval_every", "ckpt_every", "max_bad_steps"):
+        if getattr(tc, key) <= 0:
+            raise InputError(f"train.{key}={getattr(tc, key)} must be a positive integer")
+    if tc.threads < 0:
+        raise InputError(f"train.threads={tc.threads} must be >= 0 (0: choose automatically)")
+    if not 0 < tc.rollback_lr_factor <= 1:
+        raise InputError(f"train.rollback_lr_factor={tc.rollback_lr_factor} must be in (0, 1]")
+    if cfg.optim.lr < 0:
+        raise InputError(f"optim.lr={cfg.optim.lr} is negative; use a learning rate >= 0")
+    from tinylm.data.tokenizer import EXTRA_SPECIALS
+
+    n_special = 4 + len(EXTRA_SPECIALS)  # pad, unk, bos, eos + the user-defined ones
+    if cfg.tokenizer.vocab_size <= n_special:
+        raise InputError(f"tokenizer.vocab_size={cfg.tokenizer.vocab_size} leaves no room beside the {n_special} special "
+                         "tokens; use a few hundred or more")
+
+
+def load_stored_config(path) -> dict[str, Any]:
+    """A run's stored config.yaml as plain data, with interpolations left unresolved: a run directory
+    may come from anyone, and `${oc.env:...}` in it must not read this machine's environment."""
+    from omegaconf import OmegaConf
+
+    stored = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    return stored if isinstance(stored, dict) else {}
 
 
 def to_dataclass(cls: type, values: dict[str, Any]):

@@ -28,6 +28,7 @@ register_configs()
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="pretrain")
 @report_input_errors
 def main(cfg: DictConfig) -> dict:
+    from tinylm.train.guard import RunStopped
     from tinylm.train.loop import pretrain
 
     try:
@@ -36,6 +37,9 @@ def main(cfg: DictConfig) -> dict:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             return _sweep_job(cfg, pretrain)
         return pretrain(OmegaConf.to_object(cfg))
+    except RunStopped as e:  # a stop signal: checkpoint written, one line, non-zero exit
+        print(str(e), file=sys.stderr)
+        sys.exit(e.exit_code)
     except InputError as e:
         # Hydra creates the run directory before the job starts; a launch rejected before writing
         # anything leaves no empty folder behind (a non-empty one is never touched).

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -41,7 +42,7 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
     temp file in the same folder, fsync, rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.pid{os.getpid()}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600: a run file gets the usual mode
         with os.fdopen(fd, "wb") as f:
@@ -64,10 +65,12 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
 def atomic_dir(final: str | Path) -> Iterator[Path]:
     """Build a directory under a temporary name and rename it into place only when the block
     succeeds; on any error (or a kill) nothing appears at `final`. Files written inside should be
-    flushed; the directory's contents are fsynced before the rename."""
+    flushed; the directory's contents are fsynced before the rename. An existing `final` is swapped
+    out only after the new one is complete (a kill in between leaves it under its .old name, which
+    `sweep_leftovers` puts back). Temporary names carry the writer's PID (see sweep_leftovers)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.pid{os.getpid()}.", suffix=".tmp"))
     try:
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700
         yield tmp
@@ -76,10 +79,53 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
                 with open(child, "rb") as f:
                     os.fsync(f.fileno())
         fsync_dir(tmp)
+        old = None
         if final.exists():  # an identical cache entry built concurrently, or a rewrite
-            shutil.rmtree(final)
+            old = final.parent / f".{final.name}.pid{os.getpid()}.old.tmp"
+            os.rename(final, old)
         os.rename(tmp, final)
         fsync_dir(final.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.pid(?P<pid>\d+)\.(?P<old>old\.)?(?:[^.]*\.)?tmp$")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def sweep_leftovers(folder: str | Path) -> list[str]:
+    """Remove the temporary files and folders (write_atomic / atomic_dir) that dead processes left in
+    `folder`; a folder swapped out just before a kill (`.NAME.pidN.old.tmp` with no NAME) is put back.
+    Returns one line per thing done. Entries of live processes are left alone."""
+    folder = Path(folder)
+    done: list[str] = []
+    if not folder.is_dir():
+        return done
+    for entry in sorted(folder.iterdir()):
+        m = _TEMP_NAME.match(entry.name)
+        if not m or pid_alive(int(m.group("pid"))):
+            continue
+        target = folder / m.group("name")
+        if m.group("old") and not target.exists():
+            os.rename(entry, target)
+            done.append(f"restored {target} (a replacement was interrupted)")
+            continue
+        size = sum(p.stat().st_size for p in entry.rglob("*") if p.is_file()) if entry.is_dir() else entry.stat().st_size
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        done.append(f"removed {entry} ({size / 1e6:.1f} MB left by dead process {m.group('pid')})")
+    return done

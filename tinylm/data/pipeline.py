@@ -42,7 +42,7 @@ from tinylm.data.shards import Shard, open_shard, unigram_counts, write_shards
 from tinylm.data.sources import fingerprint_inputs, plan_sources
 from tinylm.data.tokenizer import Tokenizer, train_sentencepiece
 from tinylm.errors import InputError
-from tinylm.utils import atomic_dir, sha256_of, write_json_atomic
+from tinylm.utils import atomic_dir, sha256_of, sweep_leftovers, write_json_atomic
 
 FORMAT_VERSION = "data-v3"  # v3: <split>.words.bin (exact words per token)
 # Options that do not change the documents, the tokenizer or the shards (so not in the key).
@@ -122,6 +122,8 @@ def prepare_data(data_cfg: DataConfig, tok_cfg: TokenizerConfig, tokenizer_only:
         reuse_tokenizer = (out / "tokenizer.model").read_bytes()
     quiet = lambda *a, **k: None
     log = log or quiet
+    for line in sweep_leftovers(out.parent):  # temporary folders of builds killed before their rename
+        print(f"cleanup: {line}")
     t0 = time.perf_counter()
     with atomic_dir(out) as tmp:
         work = tmp / ".work"

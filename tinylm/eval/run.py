@@ -168,11 +168,11 @@ def write_samples(model, tokenizer, prompts: list[str], n_tokens: int, seed: int
 def _run_prompts(run_dir: Path) -> list[str]:
     config = run_dir / "config.yaml"
     if config.exists():
-        from omegaconf import OmegaConf
+        from tinylm.config import load_stored_config
 
-        prompts = OmegaConf.select(OmegaConf.load(config), "train.sample_prompts")
+        prompts = (load_stored_config(config).get("train") or {}).get("sample_prompts")
         if prompts:
-            return list(prompts)
+            return [str(p) for p in prompts]
     return DEFAULT_PROMPTS
 
 

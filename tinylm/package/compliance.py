@@ -49,13 +49,13 @@ def sha256_file(path: Path) -> str:
 
 def run_config(run_dir: Path) -> dict[str, Any]:
     """The run's resolved config: config.yaml, or the config.resumed_at_N.yaml of its latest resume."""
-    from omegaconf import OmegaConf
+    from tinylm.config import load_stored_config
 
     resumed = sorted(run_dir.glob("config.resumed_at_*.yaml"), key=lambda p: int(p.stem.rsplit("_", 1)[-1] or 0))
     path = resumed[-1] if resumed else run_dir / "config.yaml"
     if not path.exists():
         raise InputError(f"{run_dir}: no config.yaml; pass a tinylm run directory (run=RUN_DIR)")
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    return load_stored_config(path)
 
 
 def load_run(run_dir: Path) -> tuple[dict, dict, Path, dict]:

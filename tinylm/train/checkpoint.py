@@ -5,12 +5,17 @@ A checkpoint is a folder `checkpoints/step_00000200/`:
     state.safetensors    optimizer moments and the RNG states
     state.json           step, tokens/words seen, loader position, optimizer hyper-parameters,
                          the model config, and the data the run was trained on
+    manifest.json        sha256 and size of each file above, written last
 It is built under a temporary name and renamed into place (tinylm.utils.atomic_dir), so a process
-killed while writing leaves the previous checkpoint as the newest loadable one.
+killed while writing leaves the previous checkpoint as the newest loadable one. The manifest catches
+what the rename cannot: a file truncated, emptied, removed or bit-flipped afterwards
+(`verify_checkpoint`); resume falls back to the newest intact checkpoint, and rotation never deletes
+the newest intact one. Weights with a NaN or inf are never written (`save_checkpoint` refuses).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -20,9 +25,83 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from tinylm.errors import InputError
 from tinylm.utils import atomic_dir
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+MANIFEST = "manifest.json"
+CHECKPOINT_FILES = ("model.safetensors", "state.safetensors", "state.json")
+
+
+class NonFiniteWeights(RuntimeError):
+    """The model holds NaN/inf weights: such a checkpoint is never written."""
+
+
+def step_dirs(run_dir: str | Path) -> list[Path]:
+    """Every checkpoints/step_* folder, damaged or not, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def step_of(ckpt: Path) -> int:
+    return int(_STEP_DIR.match(ckpt.name).group(1))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_checkpoint(ckpt: str | Path) -> str | None:
+    """None when the checkpoint is intact, else what is wrong with it (one phrase).
+    Checkpoints written before manifests existed are checked for their files and a readable state.json."""
+    ckpt = Path(ckpt)
+    manifest_path = ckpt / MANIFEST
+    if not manifest_path.exists():
+        missing = [n for n in CHECKPOINT_FILES if not (ckpt / n).is_file() or (ckpt / n).stat().st_size == 0]
+        if missing:
+            return f"{', '.join(missing)} missing or empty (and no {MANIFEST})"
+        try:
+            json.loads((ckpt / "state.json").read_text())
+        except (ValueError, UnicodeDecodeError):
+            return "state.json is not valid JSON (and no manifest.json)"
+        return None
+    try:
+        manifest = json.loads(manifest_path.read_text())["files"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return f"{MANIFEST} is unreadable"
+    for name, want in sorted(manifest.items()):
+        path = ckpt / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != want["bytes"]:
+            return f"{name} has {path.stat().st_size} bytes, the manifest says {want['bytes']} (truncated?)"
+        if _sha256(path) != want["sha256"]:
+            return f"{name} does not match its sha256 in {MANIFEST} (corrupted)"
+    return None
+
+
+def newest_intact(run_dir: str | Path, report=print) -> Path | None:
+    """The newest checkpoint that verifies; each damaged newer one is reported in one line."""
+    for ckpt in reversed(step_dirs(run_dir)):
+        problem = verify_checkpoint(ckpt)
+        if problem is None:
+            return ckpt
+        report(f"warning: checkpoint {ckpt} is damaged ({problem}); falling back to an older one")
+    return None
+
+
+def non_finite_weights(model: torch.nn.Module) -> list[str]:
+    """Names of the parameters and buffers holding a NaN or inf."""
+    with torch.no_grad():
+        return [name for name, t in [*model.named_parameters(), *model.named_buffers()]
+                if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
@@ -57,8 +136,12 @@ def save_checkpoint(
     state: dict[str, Any],
     keep: int,
 ) -> Path:
-    """Write the checkpoint after `step` optimizer steps; keep only the newest `keep` of them.
+    """Write the checkpoint after `step` optimizer steps; keep only the newest `keep` of them (and
+    always the newest intact one). Refuses (NonFiniteWeights) weights holding NaN or inf.
     optimizer=None: its state is kept elsewhere (FSDP's sharded step_N.dcp, tinylm/train/distributed.py)."""
+    bad = non_finite_weights(model)
+    if bad:
+        raise NonFiniteWeights(f"{len(bad)} weight tensor(s) hold NaN/inf (first: {bad[0]}); checkpoint of step {step} not written")
     final = Path(run_dir) / "checkpoints" / f"step_{step:08d}"
     opt = optimizer.state_dict() if optimizer is not None else {"state": {}, "param_groups": []}
     tensors = {
@@ -72,9 +155,22 @@ def save_checkpoint(
         save_model(model, str(tmp / "model.safetensors"))
         save_file(tensors, str(tmp / "state.safetensors"))
         (tmp / "state.json").write_text(json.dumps({"step": step, **state, "optimizer_groups": groups}, indent=2) + "\n")
-    for old in checkpoint_dirs(run_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        files = {n: {"bytes": (tmp / n).stat().st_size, "sha256": _sha256(tmp / n)} for n in CHECKPOINT_FILES}
+        (tmp / MANIFEST).write_text(json.dumps({"files": files}, indent=2, sort_keys=True) + "\n")
+    rotate(run_dir, keep)
     return final
+
+
+def rotate(run_dir: str | Path, keep: int) -> None:
+    """Delete all but the newest `keep` checkpoints, never the newest intact one (which a damaged
+    newer checkpoint would otherwise push out)."""
+    if keep <= 0:
+        return
+    found = step_dirs(run_dir)
+    good = newest_intact(run_dir, report=lambda line: print(line))
+    for old in found[:-keep]:
+        if old != good:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def read_state(ckpt: str | Path) -> dict[str, Any]:
@@ -109,17 +205,18 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu"):
     a checkpoint folder: what evaluation, export and packaging start from."""
     from tinylm.config import ModelConfig, to_dataclass
     from tinylm.data.tokenizer import Tokenizer
-    from tinylm.errors import InputError
     from tinylm.models import build_model
 
     path = Path(path)
     if (path / "state.json").exists():
         ckpt, run_dir = path, path.parent.parent
+        problem = verify_checkpoint(ckpt)
+        if problem is not None:
+            raise InputError(f"checkpoint {ckpt} is damaged ({problem}); pass its run directory to use the newest intact one")
     else:
-        found = checkpoint_dirs(path)
-        if not found:
-            raise InputError(f"{path}: no checkpoint found; pass a run directory with checkpoints/ or a checkpoints/step_* folder")
-        ckpt, run_dir = found[-1], path
+        ckpt, run_dir = newest_intact(path), path
+        if ckpt is None:
+            raise InputError(f"{path}: no intact checkpoint found; pass a run directory with checkpoints/ or a checkpoints/step_* folder")
     if not (run_dir / "tokenizer.model").exists():
         raise InputError(f"{run_dir}: no tokenizer.model beside the checkpoints; is this a tinylm run directory?")
     state = read_state(ckpt)

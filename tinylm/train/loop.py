@@ -19,21 +19,25 @@ import torch
 from omegaconf import OmegaConf
 
 from tinylm import ops
-from tinylm.config import ModelConfig, PretrainConfig
+from tinylm.config import ModelConfig, PretrainConfig, validate_pretrain
 from tinylm.data.loader import dev_windows, make_loader
 from tinylm.data.pipeline import PreparedData, prepare_data
 from tinylm.errors import InputError
 from tinylm.logs import attach_run_log, detach_run_log, progress_bar_wanted, step_line
 from tinylm.models import build_model
 from tinylm.train import distributed
-from tinylm.train.checkpoint import checkpoint_dirs, load_checkpoint, read_state, save_checkpoint
+from tinylm.train.checkpoint import NonFiniteWeights, load_checkpoint, newest_intact, read_state, save_checkpoint
 from tinylm.train.eval_during import TaskTracker, plot_eval_curve
-from tinylm.train.metrics import MetricsLog, plot_loss_curve, read_metrics
+from tinylm.train.guard import RunStopped, StepGuard, StopSignals
+from tinylm.train.metrics import MetricsLog, plot_loss_curve, read_metrics, truncate_metrics
 from tinylm.train.milestones import MilestoneWriter, crossed
 from tinylm.train.objectives import Objective, build_objective, causal_lm_loss, pseudo_log_likelihood  # noqa: F401
 from tinylm.train.optim import build_optimizer, lr_at
 from tinylm.rerun import write_overrides
-from tinylm.utils import write_atomic, write_json_atomic
+from tinylm.train.resume import check_resume_inputs, find_resume_checkpoint, run_identity, set_aside_newer
+from tinylm.train.runlock import RunLock
+from tinylm.train.threads import set_threads
+from tinylm.utils import sweep_leftovers, write_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -70,29 +74,6 @@ def _drop_empty_dir(path: Path, keep: Path) -> None:
     """A non-zero rank's Hydra made its own (empty) run directory before rank 0's was agreed on."""
     if path.resolve() != keep.resolve() and path.is_dir() and not any(path.iterdir()):
         path.rmdir()
-
-
-def find_resume_checkpoint(resume: str, run_dir: Path) -> Path | None:
-    """The checkpoint to resume from, or None; refuses to start over an existing run."""
-    existing = checkpoint_dirs(run_dir)
-    if resume == "never":
-        if existing:
-            raise InputError(
-                f"run directory {run_dir} already holds checkpoints; pass train.resume=auto to continue "
-                "it, or set hydra.run.dir to a new folder"
-            )
-        return None
-    if resume == "auto":
-        if not existing:
-            raise InputError(
-                f"train.resume=auto: no checkpoint in {run_dir / 'checkpoints'}; drop train.resume to start "
-                "a new run, or set hydra.run.dir to the run you want to continue"
-            )
-        return existing[-1]
-    path = Path(resume)
-    if not (path / "state.json").exists():
-        raise InputError(f"train.resume={resume}: not a checkpoint folder (no state.json); use auto or a checkpoints/step_* path")
-    return path
 
 
 def steps_for_epochs(tc, train_tokens: int) -> int:
@@ -148,30 +129,34 @@ def write_samples(model, data: PreparedData, prompts: list[str], n_tokens: int, 
 
 
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
-    """Train a model as `cfg` says; returns the run summary (also written to summary.json)."""
+    """Train a model as `cfg` says; returns the run summary (also written to summary.json).
+    One process per run directory (RunLock, held by rank 0); in a single process, stop signals end
+    the run after a checkpoint (StopSignals; under torchrun the ranks keep the default handlers)."""
+    validate_pretrain(cfg)
     tc = cfg.train
     # Under torchrun: join the process group; rank 0 alone writes (tinylm/train/distributed.py).
     ctx, device_name = distributed.setup(tc.device, tc.strategy)
     try:
-        return _pretrain(cfg, ctx, device_name)
+        with RunLock(cfg.run_dir) if ctx.is_main else contextlib.nullcontext(), StopSignals(install=not ctx.active) as stop:
+            return _pretrain(cfg, ctx, device_name, stop)
     finally:
         distributed.teardown(ctx)
 
 
-def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str) -> dict[str, Any]:
+def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str, stop: StopSignals) -> dict[str, Any]:
     tc = cfg.train
     run_dir = Path(ctx.broadcast(cfg.run_dir))  # each rank's Hydra stamped its own time
     if ctx.active and not ctx.is_main:
         _drop_empty_dir(Path(cfg.run_dir), keep=run_dir)
     # Validate everything that can be wrong before writing a single byte into the run directory.
     resume_ckpt = find_resume_checkpoint(tc.resume, run_dir)
+    guard = StepGuard(tc.max_bad_steps, tc.on_divergence if not ctx.active else "stop", tc.rollback_lr_factor)
     device = resolve_device(device_name.split(":")[0])
     if device.type == "cuda" and ctx.active:
         device = torch.device(device_name)
     ops.set_default_backend(cfg.kernels, device)
     autocast = autocast_for(device, tc.precision)
-    if tc.threads > 0:
-        torch.set_num_threads(tc.threads)
+    log.info(set_threads(tc.threads, device))
     if tc.seq_len > cfg.model.max_seq_len:
         raise InputError(f"train.seq_len={tc.seq_len} exceeds model.max_seq_len={cfg.model.max_seq_len}; raise one or lower the other")
     torch.manual_seed(tc.seed)  # the same initial weights on every rank (FSDP shards each rank's own)
@@ -187,8 +172,10 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str) -> d
     if cfg.model.vocab_size not in (0, data.tokenizer.vocab_size):
         raise InputError(f"model.vocab_size={cfg.model.vocab_size} differs from the tokenizer's {data.tokenizer.vocab_size}; leave it 0")
     model_cfg = replace(cfg.model, vocab_size=data.tokenizer.vocab_size)
+    data_changes = []
     if resume_ckpt is not None:
         check_model_config(resume_ckpt, model_cfg)
+        data_changes = check_resume_inputs(resume_ckpt, run_dir, data.report, tc.seq_len, tc.resume_data)
     try:
         model = build_model(model_cfg).to(device)
     except ValueError as e:
@@ -241,6 +228,11 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str) -> d
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         attach_run_log(run_dir)
+        for folder in (run_dir, run_dir / "checkpoints", run_dir / "milestones"):
+            for line in sweep_leftovers(folder):
+                log.warning(f"cleanup: {line}")
+        if resume_ckpt is not None:
+            set_aside_newer(run_dir, resume_ckpt)
         config_name = "config.yaml" if resume_ckpt is None else f"config.resumed_at_{step}.yaml"
         write_atomic(run_dir / config_name, OmegaConf.to_yaml(full_config))
         write_overrides(run_dir, config_name)
@@ -270,12 +262,16 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str) -> d
             distributed.consolidated(model, ctx, snapshot)
         if not ctx.is_main:
             return
-        save_checkpoint(run_dir, step, snapshot if sharded else model, None if sharded else optimizer, {
-            "tokens_seen": tokens_seen, "words_seen": words_seen, "loader": loader.state_dict(),
-            "objective": objective.state_dict(),
-            "model_config": asdict(model_cfg), "data": {k: data.report[k] for k in ("corpus_hash", "tokenizer", "shards")},
-            **({"world_size": ctx.world, "strategy": tc.strategy, "ranks": ranks} if ranks else {}),
-        }, keep=tc.keep_checkpoints)
+        try:
+            save_checkpoint(run_dir, step, snapshot if sharded else model, None if sharded else optimizer, {
+                "tokens_seen": tokens_seen, "words_seen": words_seen, "loader": loader.state_dict(),
+                "objective": objective.state_dict(), "model_config": asdict(model_cfg),
+                "bad_steps_skipped": guard.bad_total, **run_identity(data.report, tc.seq_len, data_changes),
+                **({"world_size": ctx.world, "strategy": tc.strategy, "ranks": ranks} if ranks else {}),
+            }, keep=tc.keep_checkpoints)
+        except NonFiniteWeights as e:
+            raise InputError(f"training diverged: {e}; last good checkpoint: {newest_intact(run_dir)}; lower optim.lr "
+                             "and resume from it") from None
         if sharded:
             distributed.prune_sharded(run_dir)
 
@@ -288,7 +284,7 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str) -> d
     interval_start, interval_tokens = time.perf_counter(), 0
     run_start_tokens, run_start = tokens_seen, time.perf_counter()
     while step < tc.steps:
-        lr = lr_at(step, tc.steps, cfg.optim)
+        lr = lr_at(step, tc.steps, cfg.optim) * guard.lr_scale
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss_sum, stat_sums = 0.0, {}
@@ -306,11 +302,21 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str) -> d
         if ctx.active:  # the logged loss and stats are the means over all ranks (= the global batch's for clm)
             loss_value, *means = ctx.mean([loss_value, *stat_sums.values()])
             stat_sums = dict(zip(stat_sums, means))
-        if not math.isfinite(loss_value):
-            raise InputError(f"training diverged: loss={loss_value} at step {step + 1}; lower optim.lr or raise "
-                             "optim.warmup_steps, and restart from the last checkpoint with train.resume=<path>")
         # With grad_clip <= 0 the norm is still computed (for the log) but nothing is clipped.
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf)
+        norm = float(getattr(grad_norm, "full_tensor", lambda: grad_norm)())  # the same on every rank
+        if not guard.ok(loss_value, norm):  # a NaN/inf step is skipped, never applied
+            optimizer.zero_grad(set_to_none=True)
+            last_good = newest_intact(run_dir)
+            if guard.skipped(step + 1, loss_value, norm, last_good and str(last_good)) == "rollback":  # single process
+                state = load_checkpoint(last_good, model, optimizer)
+                loader.load_state_dict(state["loader"])
+                if "objective" in state:
+                    objective.load_state_dict(state["objective"])
+                step, tokens_seen, words_seen = state["step"], state["tokens_seen"], state["words_seen"]
+                truncate_metrics(run_dir / "metrics.jsonl", step)
+                log.warning(f"rollback: reloaded {last_good} (step {step}); learning rate now x{guard.lr_scale:g}")
+            continue
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -356,10 +362,14 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str) -> d
             if ctx.is_main:
                 write_samples(snapshot if sharded else model, data, list(tc.sample_prompts), tc.sample_tokens, tc.seed, step,
                               run_dir / "samples.txt", sample_device, objective)
-        if step % tc.ckpt_every == 0 or step == tc.steps:
+        if step % tc.ckpt_every == 0 or step == tc.steps or stop.requested:
             checkpoint()
         if progress is not None:
             progress.update(1)
+        if stop.requested:
+            detach_run_log()
+            raise RunStopped(f"stopped by {stop.requested} after step {step}; checkpoint {run_dir / 'checkpoints'}/step_{step:08d} "
+                             "written; continue with train.resume=auto", stop.exit_code())
     if progress is not None:
         progress.close()
 

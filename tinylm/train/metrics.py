@@ -17,11 +17,8 @@ class MetricsLog:
 
     def __init__(self, run_dir: Path, cfg: LoggerConfig, full_config: dict[str, Any], resume_step: int | None):
         self.path = run_dir / "metrics.jsonl"
-        if resume_step is not None and self.path.exists():
-            # Rows logged after the checkpoint we resume from will be produced again, identically:
-            # drop them so the file reads like one uninterrupted run.
-            kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
-            write_atomic(self.path, "".join(line + "\n" for line in kept))
+        if resume_step is not None:
+            truncate_metrics(self.path, resume_step)
         self.wandb_run = None
         if cfg.kind == "wandb":
             try:
@@ -45,6 +42,21 @@ class MetricsLog:
     def close(self) -> None:
         if self.wandb_run is not None:
             self.wandb_run.finish()
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop the rows logged after `step` (a resume or rollback produces them again), so the file
+    reads like one uninterrupted run. A torn last line (a kill mid-write) is dropped too."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if line and json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    write_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def _wandb_id(run_dir: Path) -> str:

@@ -41,9 +41,9 @@ def run_objective(run_dir: Path, family: str) -> str:
     configs = sorted(run_dir.glob("config.resumed_at_*.yaml"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
     configs = configs[-1:] or [run_dir / "config.yaml"]
     if configs[0].exists():
-        from omegaconf import OmegaConf
+        from tinylm.config import load_stored_config  # unresolved: a run directory is untrusted input
 
-        name = OmegaConf.select(OmegaConf.load(configs[0]), "objective.name")
+        name = (load_stored_config(configs[0]).get("objective") or {}).get("name")
         if name:
             return str(name)
     return "mlm" if family == "bert" else "clm"
