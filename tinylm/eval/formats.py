@@ -23,6 +23,7 @@ unused). Wug items have no correct candidate: they are scored by Spearman correl
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,17 +68,21 @@ FORMAT_NAMES = {
 }
 
 
-def _need(record: dict, keys: tuple[str, ...], where: str) -> None:
+def _need(record: dict, keys: tuple[str, ...], where: str, text: tuple[str, ...] = ()) -> None:
+    """Every key present; those in `text` hold strings (what the scorer tokenizes)."""
     missing = [k for k in keys if k not in record]
     if missing:
         raise InputError(f"{where}: record lacks {missing}; is the file complete and in one format?")
+    for k in text:
+        if not isinstance(record[k], str):
+            raise InputError(f"{where}: `{k}` must be a string, found {type(record[k]).__name__} {record[k]!r}; fix the record")
 
 
 def _blimp_like(records: list[dict], source: str, stem: str, task: str) -> list[Item]:
     items = []
     for n, r in records:
         where = f"{source} line {n}"
-        _need(r, ("sentence_good", "sentence_bad"), where)
+        _need(r, ("sentence_good", "sentence_bad"), where, text=("sentence_good", "sentence_bad"))
         if task == "supplement":
             uid, phenomenon = stem, stem
         else:
@@ -91,7 +96,7 @@ def _blimp_like(records: list[dict], source: str, stem: str, task: str) -> list[
 def _ewok(records, source, stem, task) -> list[Item]:
     items = []
     for n, r in records:
-        _need(r, ("Context1", "Target1", "Target2"), f"{source} line {n}")
+        _need(r, ("Context1", "Target1", "Target2"), f"{source} line {n}", text=("Context1", "Target1", "Target2"))
         uid = str(r.get("Domain", stem))
         phenomenon = f"{r.get('ContextType', '?')}/{r.get('ContextDiff', '?')}"
         items.append(Item(r["Context1"], (" " + r["Target1"], " " + r["Target2"]), 0, task, source, uid, phenomenon, str(n)))
@@ -101,8 +106,8 @@ def _ewok(records, source, stem, task) -> list[Item]:
 def _entity_tracking(records, source, stem, task) -> list[Item]:
     items = []
     for n, r in records:
-        _need(r, ("input_prefix", "options", "numops"), f"{source} line {n}")
-        if not isinstance(r["options"], list) or len(r["options"]) < 2:
+        _need(r, ("input_prefix", "options", "numops"), f"{source} line {n}", text=("input_prefix",))
+        if not isinstance(r["options"], list) or len(r["options"]) < 2 or not all(isinstance(o, str) for o in r["options"]):
             raise InputError(f"{source} line {n}: `options` must be a list of at least two strings")
         uid = f"{stem}_{r['numops']}_ops"
         items.append(Item(r["input_prefix"], tuple(r["options"]), 0, task, source, uid, stem,
@@ -113,11 +118,14 @@ def _entity_tracking(records, source, stem, task) -> list[Item]:
 def _wug(records, source, stem, task) -> list[Item]:
     items = []
     for n, r in records:
-        _need(r, ("sentences", "ratio"), f"{source} line {n}")
+        _need(r, ("sentences", "ratio"), f"{source} line {n}", text=("sentences",))
+        ratio = r["ratio"]
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio):
+            raise InputError(f"{source} line {n}: `ratio` must be a finite number, found {ratio!r}; fix the record")
         sentences = tuple(r["sentences"].split("\t"))
         if len(sentences) != 2:
             raise InputError(f"{source} line {n}: `sentences` must hold two TAB-separated sentences, found {len(sentences)}")
-        items.append(Item("", sentences, None, task, source, stem, stem, str(n), ratio=float(r["ratio"])))
+        items.append(Item("", sentences, None, task, source, stem, stem, str(n), ratio=float(ratio)))
     return items
 
 

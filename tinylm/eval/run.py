@@ -23,6 +23,7 @@ import torch
 
 from tinylm.data.tokenizer import BOS_ID, EOS_ID, MASK_ID, PAD_ID
 from tinylm.errors import InputError
+from tinylm.export.outdir import check_out_folder
 from tinylm.eval.config import SCORERS, EvalConfig
 from tinylm.eval.formats import read_tasks
 from tinylm.eval.perplexity import dev_perplexity, dev_shard_of
@@ -188,6 +189,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         raise InputError(f"batch_size={cfg.batch_size} must be at least 1")
     if not 0.0 <= cfg.tie_credit <= 1.0:
         raise InputError(f"tie_credit={cfg.tie_credit} must lie in [0, 1] (0.5 = half credit for a tie)")
+    if cfg.out:
+        check_out_folder(Path(cfg.out), "out")  # before any work: never a file or a run's own folders
     files, ignored = read_tasks(cfg.tasks, cfg.max_items)  # bad task files fail before any model work
     ckpt = Path(cfg.ckpt).expanduser()
     model, tokenizer, state = load_trained(ckpt, device)

@@ -48,6 +48,7 @@ from typing import Any
 import torch
 
 from tinylm.errors import InputError
+from tinylm.export.outdir import check_out_folder
 from tinylm.train.positions import BABYLM_BACKEND, default_scorer, run_dir_of, run_objective
 from tinylm.utils import atomic_dir
 
@@ -297,6 +298,7 @@ def export_hf(ckpt: str | Path, out: str | Path | None = None, dtype: str = "flo
     ckpt = Path(ckpt).expanduser()
     run_dir = run_dir_of(ckpt)
     out = Path(out).expanduser() if out else run_dir / "hf"
+    check_out_folder(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise InputError(f"out={out} already exists and is not empty; pass overwrite=true or choose another folder")
     native, sp_tokenizer, state = load_trained(ckpt, "cpu")

@@ -30,7 +30,8 @@ from tinylm.package.config import PackageConfig
 from tinylm.train.positions import BABYLM_BACKEND, default_scorer
 from tinylm.train.checkpoint import read_state
 from tinylm.train.milestones import existing_milestones, expected_milestones, milestone_name
-from tinylm.utils import atomic_dir
+from tinylm.export.outdir import check_out_folder
+from tinylm.utils import atomic_dir, write_json_atomic
 
 PUSH_SCRIPT = Path(__file__).resolve().parent / "push_to_hub.py"
 OTHER_FAMILY_KEYS = {"gpt": ("mlstm_", "bert_"), "bert": ("mlstm_",), "mlstm": ("bert_",)}  # left out of the card
@@ -60,6 +61,7 @@ def build_package(cfg: PackageConfig) -> Path:
     if cfg.dtype not in DTYPES:
         raise InputError(f"dtype={cfg.dtype!r} is not supported; use one of {', '.join(DTYPES)}")
     out = Path(cfg.out).expanduser() if cfg.out else run_dir / "babylm_submission"
+    check_out_folder(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not cfg.overwrite:
         raise InputError(f"out={out} already exists and is not empty; pass overwrite=true or choose another folder")
     eval_dir = Path(cfg.eval_dir).expanduser() if cfg.eval_dir else run_dir / "eval"
@@ -69,11 +71,17 @@ def build_package(cfg: PackageConfig) -> Path:
     compliance = check_compliance(run_dir)  # raises InputError when run is not a run directory
     print(format_compliance(compliance))
     if not compliance["compliant"]:
-        with atomic_dir(out) as tmp:
-            _write_json(tmp / "compliance.json", compliance)
-            tmp.chmod(0o755)
+        # A failed package never replaces a previous one: the report then goes beside it.
+        report_path = out / "compliance.json"
+        if out.is_dir() and any(out.iterdir()):
+            report_path = out.with_name(f"{out.name}.compliance.json")
+            write_json_atomic(report_path, compliance)
+        else:
+            with atomic_dir(out) as tmp:
+                _write_json(tmp / "compliance.json", compliance)
+                tmp.chmod(0o755)
         raise InputError(f"not BabyLM-compliant, no package built: {'; '.join(compliance['failures'])} "
-                         f"(report: {out / 'compliance.json'})")
+                         f"(report: {report_path})")
 
     config, report, ckpt, state = load_run(run_dir)
     words_seen, unit = compliance["words_seen"], compliance["milestone_unit_words"]

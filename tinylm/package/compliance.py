@@ -18,6 +18,8 @@ Checks (each `pass`, `fail` or `warn`; any `fail` makes the run non-compliant):
                                   the run's tokenizer
     milestone_unit (warn)         train.milestone_unit_words is not BabyLM's 1,000,000
     training_finished (warn)      the final checkpoint is not at train.steps
+    data_changed (warn)           the run was resumed on other data with train.resume_data=changed
+                                  (each change: step, data key / tokenizer sha256 before and after)
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tinylm.errors import InputError
-from tinylm.train.checkpoint import checkpoint_dirs, read_state
+from tinylm.train.checkpoint import newest_intact, read_state
 from tinylm.train.milestones import UNIT_WORDS, existing_milestones, expected_milestones, milestone_name
 
 MAX_EPOCHS = 10  # BabyLM: at most 10 passes over the budget (words seen <= 10 x budget)
@@ -66,12 +68,12 @@ def load_run(run_dir: Path) -> tuple[dict, dict, Path, dict]:
     report_path = run_dir / "data_report.json"
     if not report_path.exists():
         raise InputError(f"{run_dir}: no data_report.json; pass a tinylm run directory (run=RUN_DIR)")
-    ckpts = checkpoint_dirs(run_dir)
-    if not ckpts:
-        raise InputError(f"{run_dir}: no checkpoint under checkpoints/; train first (make pretrain)")
+    ckpt = newest_intact(run_dir)
+    if ckpt is None:
+        raise InputError(f"{run_dir}: no intact checkpoint under checkpoints/; train first (make pretrain)")
     if not (run_dir / "tokenizer.model").exists():
         raise InputError(f"{run_dir}: no tokenizer.model; is this a tinylm run directory?")
-    return config, json.loads(report_path.read_text()), ckpts[-1], read_state(ckpts[-1])
+    return config, json.loads(report_path.read_text()), ckpt, read_state(ckpt)
 
 
 def _check(name: str, ok: bool | None, detail: str, **values) -> dict[str, Any]:
@@ -147,6 +149,12 @@ def check_compliance(run_dir: str | Path) -> dict[str, Any]:
     if steps is not None and state["step"] != steps:
         checks.append(_check("training_finished", None, f"the final checkpoint is at step {state['step']}, "
                                                         f"train.steps={steps}: the run did not finish"))
+
+    changes = state.get("data_changes") or []
+    if changes:  # train.resume_data=changed: continued pretraining on other data, deliberately
+        checks.append(_check("data_changed", None, "the run continued on changed data (train.resume_data=changed): "
+                             + "; ".join(f"at step {c['at_step']}: {', '.join(c['changed'])}" for c in changes),
+                             data_changes=changes))
 
     failures = [c for c in checks if c["status"] == "fail"]
     return {

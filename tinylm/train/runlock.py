@@ -55,3 +55,16 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+class RunDirIsFolder:
+    """Hydra callback (conf/pretrain.yaml): hydra.run.dir naming a file is one `error:` line and
+    exit 2 before Hydra tries to create the folder (which would end in a traceback)."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        import sys
+
+        run_dir = Path(str(config.hydra.run.dir))
+        if run_dir.exists() and not run_dir.is_dir():
+            print(f"error: hydra.run.dir={run_dir} is a file; set hydra.run.dir to a folder", file=sys.stderr)
+            sys.exit(2)
