@@ -112,6 +112,8 @@ def prepare_data(data_cfg: DataConfig, tok_cfg: TokenizerConfig, tokenizer_only:
     keys = data_keys(data_cfg, tok_cfg, fingerprint)
     out = Path(data_cfg.out_dir).expanduser() if data_cfg.out_dir else Path(data_cfg.cache_dir) / "data" / keys["data_key"]
     _check_out_dir(out, data_cfg)
+    for line in sweep_leftovers(out.parent):  # temporary folders of builds killed before their rename
+        print(f"cleanup: {line}")
     existing = _read_report(out)
     if existing and existing.get("data_key") == keys["data_key"] and (
         existing.get("stage") == "complete" or (tokenizer_only and existing.get("stage") == "tokenizer")
@@ -122,8 +124,6 @@ def prepare_data(data_cfg: DataConfig, tok_cfg: TokenizerConfig, tokenizer_only:
         reuse_tokenizer = (out / "tokenizer.model").read_bytes()
     quiet = lambda *a, **k: None
     log = log or quiet
-    for line in sweep_leftovers(out.parent):  # temporary folders of builds killed before their rename
-        print(f"cleanup: {line}")
     t0 = time.perf_counter()
     with atomic_dir(out) as tmp:
         work = tmp / ".work"
