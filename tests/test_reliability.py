@@ -196,6 +196,17 @@ def test_leftovers_of_dead_processes_are_removed_at_launch(base_run, tmp_path, c
     assert f"cleanup: removed {torn}" in out and f"cleanup: removed {cache_tmp}" in out
 
 
+def test_a_second_launch_into_a_locked_run_is_refused_naming_the_holder(base_run, cache_dir):
+    from tinylm.train.runlock import RunLock
+
+    before = snapshot(base_run)
+    with RunLock(base_run):  # another holder of the OS lock: here this test process itself
+        with pytest.raises(InputError, match=f"run directory {base_run} is in use by another tinylm process "
+                                             rf"\(PID {os.getpid()}\); wait for it"):
+            pretrain(smoke_config(base_run, cache_dir, *BASE, "train.resume=auto"))
+    assert snapshot(base_run) == before
+
+
 def test_never_starts_over_a_run_stopped_before_its_first_checkpoint(tmp_path, cache_dir):
     run = tmp_path / "run"
     run.mkdir()

@@ -76,9 +76,7 @@ class StopSignals:
         if self.requested is not None:
             print(f"{name} again: exiting at once without a checkpoint", file=sys.stderr, flush=True)
             os._exit(128 + signum)
-        self.requested = name
-        print(f"{name} received: finishing this step and writing a checkpoint (send it again to exit at once)",
-              file=sys.stderr, flush=True)
+        self.requested = name  # the loop finishes the step, checkpoints and says so in one line
 
     def __enter__(self) -> "StopSignals":
         if not self.install:

@@ -11,6 +11,8 @@ import fcntl
 import os
 from pathlib import Path
 
+from hydra.experimental.callback import Callback
+
 from tinylm.errors import InputError
 
 
@@ -57,7 +59,7 @@ class RunLock:
         self.release()
 
 
-class RunDirIsFolder:
+class RunDirIsFolder(Callback):
     """Hydra callback (conf/pretrain.yaml): hydra.run.dir naming a file is one `error:` line and
     exit 2 before Hydra tries to create the folder (which would end in a traceback)."""
 
