@@ -62,7 +62,7 @@ def test_starting_over_an_existing_run_is_refused(existing_run):
     before = snapshot(run_dir)
     result = run_cli("tinylm.pretrain", *SMOKE, f"hydra.run.dir={run_dir}", f"data.cache_dir={cache}")
     assert result.returncode == 2
-    assert "already holds checkpoints; pass train.resume=auto" in result.stderr
+    assert "already holds a run (" in result.stderr and "; pass train.resume=auto" in result.stderr
     assert snapshot(run_dir) == before
 
 

@@ -71,6 +71,7 @@ def assert_same_as(run, reference):
     assert strip(read_metrics(run)) == strip(read_metrics(reference))  # one history, every step once
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_then_resume_bit_exactly(reference, tmp_path, cache_dir):
     run = tmp_path / "run"
     rng = random.Random(13)
@@ -92,6 +93,7 @@ def test_kill_9_at_random_moments_then_resume_bit_exactly(reference, tmp_path, c
     assert_same_as(run, reference)
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_exits_non_zero_in_one_line_and_resumes_exactly(reference, tmp_path, cache_dir):
     run = tmp_path / "run"
     proc = launch(run, cache_dir)

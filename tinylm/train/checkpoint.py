@@ -58,13 +58,15 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def verify_checkpoint(ckpt: str | Path) -> str | None:
-    """None when the checkpoint is intact, else what is wrong with it (one phrase).
-    Checkpoints written before manifests existed are checked for their files and a readable state.json."""
+def verify_checkpoint(ckpt: str | Path, training_state: bool = True) -> str | None:
+    """None when the checkpoint is intact, else what is wrong with it (one phrase). Folders without
+    a manifest (checkpoints from before manifests, milestones) are checked for their files and a
+    readable state.json; training_state=False does not ask for state.safetensors (weights only)."""
     ckpt = Path(ckpt)
     manifest_path = ckpt / MANIFEST
     if not manifest_path.exists():
-        missing = [n for n in CHECKPOINT_FILES if not (ckpt / n).is_file() or (ckpt / n).stat().st_size == 0]
+        needed = CHECKPOINT_FILES if training_state else ("model.safetensors", "state.json")
+        missing = [n for n in needed if not (ckpt / n).is_file() or (ckpt / n).stat().st_size == 0]
         if missing:
             return f"{', '.join(missing)} missing or empty (and no {MANIFEST})"
         try:
@@ -210,7 +212,7 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu"):
     path = Path(path)
     if (path / "state.json").exists():
         ckpt, run_dir = path, path.parent.parent
-        problem = verify_checkpoint(ckpt)
+        problem = verify_checkpoint(ckpt, training_state=False)
         if problem is not None:
             raise InputError(f"checkpoint {ckpt} is damaged ({problem}); pass its run directory to use the newest intact one")
     else:
