@@ -340,3 +340,30 @@ def test_auto_threads_never_exceed_the_free_physical_cores():
         assert set_threads(3, torch.device("cpu")) == "threads: 3 (train.threads)" and torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_50_mb_line_is_read_in_bounded_pieces(tmp_path):
+    """data=text: one 50 MB line without a newline becomes ~1 M-character documents, and reading
+    it never holds much more than a few pieces (the README promises bounded memory)."""
+    import tracemalloc
+
+    from tinylm.data.readers_common import FileStats, read_segments
+    from tinylm.data.readers_files import MAX_LINE_CHARS, _lines_as_documents
+
+    chunk = " ".join(f"word{i % 997}" for i in range(100_000)) + " "  # ~0.8 MB
+    path = tmp_path / "one_line.txt"
+    with open(path, "w") as f:
+        for _ in range(64):
+            f.write(chunk)
+    size = path.stat().st_size
+    assert size > 50_000_000
+    tracemalloc.start()
+    n_docs, n_words, longest = 0, 0, 0
+    for doc in _lines_as_documents(read_segments(path, FileStats(str(path)), "data.paths", "error")):
+        assert doc.startswith("word")  # cut at whitespace, never inside a word
+        n_docs, n_words, longest = n_docs + 1, n_words + doc.count("word"), max(longest, len(doc))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert n_words == 64 * 100_000  # every word once
+    assert longest < MAX_LINE_CHARS + 3 * (1 << 20) and n_docs >= size // (MAX_LINE_CHARS + 3 * (1 << 20))
+    assert peak < 40_000_000, peak  # a few pieces of a few MB: never the whole 50 MB line

@@ -108,14 +108,22 @@ def read_segments(path: Path, stats: FileStats, key: str, on_invalid: str) -> It
     stats.sha256 = h.hexdigest()
 
 
-def iter_lines(segments: Iterator[str]) -> Iterator[str]:
-    """Complete lines (without "\\n") from read_segments' pieces."""
+def iter_lines(segments: Iterator[str], max_chars: int = 0) -> Iterator[str]:
+    """Complete lines (without "\\n") from read_segments' pieces. max_chars > 0: a longer line comes
+    out in pieces of about that size, cut where read_segments cut it (at whitespace), so memory
+    stays bounded whatever one line holds."""
     pending: list[str] = []
+    pending_chars = 0
     for seg in segments:
         parts = seg.split("\n")
         if len(parts) == 1:
             pending.append(parts[0])
+            pending_chars += len(parts[0])
+            if max_chars and pending_chars >= max_chars:
+                yield "".join(pending)
+                pending, pending_chars = [], 0
             continue
+        pending_chars = len(parts[-1])
         pending.append(parts[0])
         yield "".join(pending)
         yield from parts[1:-1]

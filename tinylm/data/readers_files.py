@@ -17,9 +17,14 @@ from tinylm.errors import InputError
 # -------------------------------------------------------------------------------------- text
 
 
+# data=text: a line longer than this is cut (at whitespace) into documents of about this size.
+MAX_LINE_CHARS = 1 << 20
+
+
 def _lines_as_documents(segments: Iterator[str]) -> Iterator[str]:
-    """data=text: one document per non-empty line, as str.splitlines() sees lines."""
-    for line in iter_lines(segments):
+    """data=text: one document per non-empty line, as str.splitlines() sees lines (a line beyond
+    MAX_LINE_CHARS becomes several documents, so a 50 MB line never sits in memory whole)."""
+    for line in iter_lines(segments, MAX_LINE_CHARS):
         for piece in line.splitlines():
             if piece.strip():
                 yield piece
