@@ -1,8 +1,9 @@
-"""Training-step time of a small GPT on the CPU with 1 thread, torch's default and the automatic
-choice (train.threads=0, tinylm/train/threads.py), in one process, on the machine as it is now
-(its load is printed: the point is how threads behave when other work shares the cores).
+"""Training-step time of a small GPT on the CPU with 1 thread and with torch's default, in one
+process, on the machine as it is now, and what the automatic choice (train.threads=0,
+tinylm/train/threads.py) would pick there (the load is printed: the point is how threads behave
+when other work shares the cores).
 
-    python bench/bench_threads.py [--steps 30] [--d-model 128] [--out FILE]
+    python bench/bench_threads.py [--steps 20] [--rounds 3] [--d-model 128] [--out FILE]
 """
 
 from __future__ import annotations
@@ -41,24 +42,30 @@ def step_seconds(threads: int, steps: int, d_model: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--d-model", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     default = torch.get_num_threads()
     auto, why = auto_threads()
     load = os.getloadavg()
-    rows, base = [], None
-    for name, n in [("1 thread", 1), (f"torch default ({default})", default), (f"auto ({auto})", auto)]:
-        s = step_seconds(n, args.steps, args.d_model)
-        base = base or s
-        rows.append((name, f"{s * 1e3:.1f}", f"{s / base:.2f}x"))
+    configs = {"1 thread": 1, f"torch default ({default})": default}
+    # Rounds interleave the settings, so a neighbour's burst hits all of them alike; the median round counts.
+    seconds: dict[str, list[float]] = {name: [] for name in configs}
+    for _ in range(args.rounds):
+        for name, n in configs.items():
+            seconds[name].append(step_seconds(n, args.steps, args.d_model))
+    med = {name: sorted(v)[len(v) // 2] for name, v in seconds.items()}
+    rows = [(name, f"{med[name] * 1e3:.1f}", f"{med[name] / med['1 thread']:.2f}x",
+             " ".join(f"{x * 1e3:.0f}" for x in seconds[name])) for name in configs]
     card = f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs"
     body = "\n".join([
         f"card: {card}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; auto: {why}",
-        f"command: python bench/bench_threads.py --steps {args.steps} --d-model {args.d_model}",
-        f"GPT 2 layers d_model={args.d_model}, batch 8 x 64 tokens, median step time of {args.steps}",
-        "", report.text_table(("threads", "ms/step", "vs 1 thread"), rows)])
+        f"command: python bench/bench_threads.py --steps {args.steps} --d-model {args.d_model} --rounds {args.rounds}",
+        f"GPT 2 layers d_model={args.d_model}, batch 8 x 64 tokens; median step time of {args.steps} steps per round,",
+        f"median of {args.rounds} interleaved rounds; train.threads=0 (auto) would choose {auto} thread(s) now",
+        "", report.text_table(("threads", "ms/step", "vs 1 thread", "per round (ms)"), rows)])
     print(body)
     report.save("threads", card, False, "CPU threads per training step on a shared machine", body, args.out)
 

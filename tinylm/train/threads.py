@@ -1,9 +1,9 @@
 """How many CPU threads torch may use (train.threads=0 chooses).
 
 torch starts one intra-op thread per logical CPU. On a machine that is busy with other work the
-threads of a small step wait on each other far more than they compute (issue #13 measured about
-38x slower steps with 2 threads than with 1 on a loaded 2-core machine; bench/bench_threads.py
-measures it on yours). Auto: one thread per physical core this process may run on, minus the cores
+threads of a small step wait on each other far more than they compute: on a 2-core machine at load
+7-13, a small GPT step took 8x longer with torch's 2 threads than with 1
+(bench/results/threads_cpu_2026-12-01.md; bench/bench_threads.py measures it on yours). Auto: one thread per physical core this process may run on, minus the cores
 the 1-minute load average says are busy, and at least 1.
 """
 
