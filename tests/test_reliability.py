@@ -4,6 +4,7 @@ leftovers, changed data, overwrites, and bad inputs that must leave the run dire
 
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -24,6 +25,12 @@ from tinylm.train.optim import lr_at
 
 BASE = ("train.steps=4", "train.ckpt_every=2", "train.keep_checkpoints=5", "train.log_every=1", "train.eval_every=2",
         "train.sample_tokens=2")
+
+
+def said(capsys, caplog) -> str:
+    """What a run told the user: its log lines (console, or the caller's logging before the run
+    directory exists) and prints."""
+    return capsys.readouterr().out + caplog.text
 
 
 def snapshot(folder):
@@ -60,13 +67,14 @@ DAMAGE = {
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
-def test_damaged_newest_checkpoint_falls_back_to_the_intact_one(damage, base_run, tmp_path, cache_dir, capsys):
+def test_damaged_newest_checkpoint_falls_back_to_the_intact_one(damage, base_run, tmp_path, cache_dir, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="tinylm")
     run = copy_run(base_run, tmp_path)
     newest = run / "checkpoints" / "step_00000004"
     DAMAGE[damage](newest)
     assert verify_checkpoint(newest) is not None and verify_checkpoint(run / "checkpoints" / "step_00000002") is None
     pretrain(smoke_config(run, cache_dir, *BASE, "train.resume=auto"))
-    out = capsys.readouterr().out
+    out = said(capsys, caplog)
     assert f"checkpoint {newest} is damaged" in out and "resuming from" in out and "step_00000002 (step 2)" in out
     # the damaged one is kept aside, and the redone step 4 is bit-identical to the uninterrupted run's
     assert (run / "abandoned" / "after_step_2" / "step_00000004").is_dir()
@@ -122,12 +130,12 @@ def all_weights_finite(run):
         assert all(torch.isfinite(t).all() for t in load_file(ckpt / "model.safetensors").values()), ckpt
 
 
-def test_infinite_gradient_steps_are_skipped_counted_and_never_saved(tmp_path, cache_dir, monkeypatch, capsys):
+def test_infinite_gradient_steps_are_skipped_counted_and_never_saved(tmp_path, cache_dir, monkeypatch, capsys, caplog):
     inject_inf_grads(monkeypatch, {3, 4})
     run = tmp_path / "run"
     summary = pretrain(smoke_config(run, cache_dir, *BASE))
     assert summary["steps"] == 4 and math.isfinite(summary["final_dev_loss"])
-    assert "step 3: loss=" in capsys.readouterr().err
+    assert "step 3: loss=" in said(capsys, caplog)
     state = json.loads((run / "checkpoints/step_00000004/state.json").read_text())
     assert state["bad_steps_skipped"] == 2
     all_weights_finite(run)
@@ -144,14 +152,14 @@ def test_too_many_bad_steps_stop_with_the_last_good_checkpoint(tmp_path, cache_d
     all_weights_finite(run)
 
 
-def test_rollback_reloads_the_last_good_checkpoint_and_lowers_the_lr(tmp_path, cache_dir, monkeypatch, capsys):
+def test_rollback_reloads_the_last_good_checkpoint_and_lowers_the_lr(tmp_path, cache_dir, monkeypatch, capsys, caplog):
     inject_inf_grads(monkeypatch, {3, 4})
     run = tmp_path / "run"
     cfg = smoke_config(run, cache_dir, *BASE, "train.max_bad_steps=2", "train.on_divergence=rollback",
                        "train.rollback_lr_factor=0.25")
     summary = pretrain(cfg)
     assert summary["steps"] == 4
-    assert "rollback: reloaded" in capsys.readouterr().out
+    assert "rollback: reloaded" in said(capsys, caplog)
     rows = {r["step"]: r for r in read_metrics(run) if "loss" in r}
     assert sorted(rows) == [1, 2, 3, 4]  # one history: rows of the abandoned attempt were dropped
     assert rows[3]["lr"] == pytest.approx(0.25 * lr_at(2, 4, cfg.optim))
@@ -178,7 +186,7 @@ def dead_pid():
     return p.pid
 
 
-def test_leftovers_of_dead_processes_are_removed_at_launch(base_run, tmp_path, cache_dir, capsys):
+def test_leftovers_of_dead_processes_are_removed_at_launch(base_run, tmp_path, cache_dir, capsys, caplog):
     run = copy_run(base_run, tmp_path)
     pid = dead_pid()
     torn = run / "checkpoints" / f".step_00000006.pid{pid}.abcd1234.tmp"
@@ -191,7 +199,7 @@ def test_leftovers_of_dead_processes_are_removed_at_launch(base_run, tmp_path, c
     cache_tmp = cache_dir / "data" / f".0123456789abcdef.pid{pid}.zz.tmp"
     cache_tmp.mkdir(parents=True)
     pretrain(smoke_config(run, cache_dir, *BASE, "train.steps=5", "train.resume=auto"))
-    out = capsys.readouterr().out
+    out = said(capsys, caplog)
     assert not torn.exists() and not stray.exists() and not cache_tmp.exists() and live.exists()
     assert f"cleanup: removed {torn}" in out and f"cleanup: removed {cache_tmp}" in out
 

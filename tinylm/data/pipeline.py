@@ -113,7 +113,8 @@ def prepare_data(data_cfg: DataConfig, tok_cfg: TokenizerConfig, tokenizer_only:
     out = Path(data_cfg.out_dir).expanduser() if data_cfg.out_dir else Path(data_cfg.cache_dir) / "data" / keys["data_key"]
     _check_out_dir(out, data_cfg)
     for line in sweep_leftovers(out.parent):  # temporary folders of builds killed before their rename
-        print(f"cleanup: {line}")
+        if log:
+            log(f"cleanup: {line}")
     existing = _read_report(out)
     if existing and existing.get("data_key") == keys["data_key"] and (
         existing.get("stage") == "complete" or (tokenizer_only and existing.get("stage") == "tokenizer")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -31,6 +32,8 @@ from tinylm.utils import atomic_dir
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 MANIFEST = "manifest.json"
 CHECKPOINT_FILES = ("model.safetensors", "state.safetensors", "state.json")
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteWeights(RuntimeError):
@@ -89,13 +92,13 @@ def verify_checkpoint(ckpt: str | Path, training_state: bool = True) -> str | No
     return None
 
 
-def newest_intact(run_dir: str | Path, report=print) -> Path | None:
+def newest_intact(run_dir: str | Path) -> Path | None:
     """The newest checkpoint that verifies; each damaged newer one is reported in one line."""
     for ckpt in reversed(step_dirs(run_dir)):
         problem = verify_checkpoint(ckpt)
         if problem is None:
             return ckpt
-        report(f"warning: checkpoint {ckpt} is damaged ({problem}); falling back to an older one")
+        log.warning(f"warning: checkpoint {ckpt} is damaged ({problem}); falling back to an older one")
     return None
 
 
@@ -169,7 +172,7 @@ def rotate(run_dir: str | Path, keep: int) -> None:
     if keep <= 0:
         return
     found = step_dirs(run_dir)
-    good = newest_intact(run_dir, report=lambda line: print(line))
+    good = newest_intact(run_dir)
     for old in found[:-keep]:
         if old != good:
             shutil.rmtree(old, ignore_errors=True)

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import signal
@@ -19,6 +20,8 @@ import sys
 from tinylm.errors import InputError
 
 STOP_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGUSR1", None)) if s is not None)
+
+log = logging.getLogger(__name__)
 
 
 class RunStopped(Exception):
@@ -49,8 +52,8 @@ class StepGuard:
 
     def skipped(self, step: int, loss: float, grad_norm: float, last_good: str | None) -> str:
         """After a skipped step: 'continue' or 'rollback', or raises InputError once the limit is reached."""
-        print(f"warning: step {step}: loss={loss} grad_norm={grad_norm} is not finite; step skipped "
-              f"({self.bad_in_row} in a row, {self.bad_total} in all)", file=sys.stderr)
+        log.warning(f"warning: step {step}: loss={loss} grad_norm={grad_norm} is not finite; step skipped "
+                    f"({self.bad_in_row} in a row, {self.bad_total} in all)")
         if self.bad_in_row < self.max_bad_steps:
             return "continue"
         if self.on_divergence == "rollback" and last_good is not None:

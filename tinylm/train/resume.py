@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import logging
 import hashlib
 import os
 from pathlib import Path
@@ -24,6 +25,8 @@ from tinylm.train.checkpoint import newest_intact, read_state, step_dirs, step_o
 # What a launch writes into its run directory: any of these means a run was started there.
 RUN_FILES = ("config.yaml", "metrics.jsonl", "data_report.json", "tokenizer.model", "summary.json", "samples.txt",
              "checkpoints", "milestones")
+
+log = logging.getLogger(__name__)
 
 
 def run_files(run_dir: Path) -> list[str]:
@@ -94,7 +97,7 @@ def check_resume_inputs(ckpt: Path, run_dir: Path, report: dict, seq_len: int, r
     if diffs:
         changes.append({"at_step": state["step"], "changed": diffs, "data_key": report.get("data_key"),
                         "tokenizer_sha256": report.get("tokenizer_sha256")})
-        print(f"warning: continuing on changed data from step {state['step']} ({'; '.join(diffs)}); recorded in the checkpoints")
+        log.warning(f"warning: continuing on changed data from step {state['step']} ({'; '.join(diffs)}); recorded in the checkpoints")
     return changes
 
 
@@ -119,5 +122,5 @@ def set_aside_newer(run_dir: Path, ckpt: Path) -> Path | None:
     dest.mkdir(parents=True)
     for p in newer:
         os.rename(p, dest / p.name)
-    print(f"resuming from step {step}: moved the newer checkpoint(s) {', '.join(p.name for p in newer)} aside to {dest}")
+    log.warning(f"resuming from step {step}: moved the newer checkpoint(s) {', '.join(p.name for p in newer)} aside to {dest}")
     return dest
