@@ -22,6 +22,7 @@ from tinylm.train.checkpoint import NonFiniteWeights, rotate, save_checkpoint, s
 from tinylm.train.loop import pretrain
 from tinylm.train.metrics import read_metrics
 from tinylm.train.optim import lr_at
+from tinylm.utils import temp_tag
 
 BASE = ("train.steps=4", "train.ckpt_every=2", "train.keep_checkpoints=5", "train.log_every=1", "train.eval_every=2",
         "train.sample_tokens=2")
@@ -189,18 +190,20 @@ def dead_pid():
 def test_leftovers_of_dead_processes_are_removed_at_launch(base_run, tmp_path, cache_dir, capsys, caplog):
     run = copy_run(base_run, tmp_path)
     pid = dead_pid()
-    torn = run / "checkpoints" / f".step_00000006.pid{pid}.abcd1234.tmp"
+    torn = run / "checkpoints" / f".step_00000006.{temp_tag(pid)}.abcd1234.tmp"
     torn.mkdir()
     (torn / "model.safetensors").write_bytes(b"\0" * 1000)
-    stray = run / f".metrics.jsonl.pid{pid}.x1.tmp"
+    stray = run / f".metrics.jsonl.{temp_tag(pid)}.x1.tmp"
     stray.write_text("half")
-    live = run / f".metrics.jsonl.pid{os.getpid()}.x2.tmp"  # a live process's: left alone
+    live = run / f".metrics.jsonl.{temp_tag()}.x2.tmp"  # a live process's: left alone
     live.write_text("busy")
-    cache_tmp = cache_dir / "data" / f".0123456789abcdef.pid{pid}.zz.tmp"
+    cache_tmp = cache_dir / "data" / f".0123456789abcdef.{temp_tag(pid)}.zz.tmp"
     cache_tmp.mkdir(parents=True)
+    elsewhere = run / f".config.yaml.pid{pid}-another-host.x3.tmp"  # another machine's (shared filesystem): left alone
+    elsewhere.write_text("theirs")
     pretrain(smoke_config(run, cache_dir, *BASE, "train.steps=5", "train.resume=auto"))
     out = said(capsys, caplog)
-    assert not torn.exists() and not stray.exists() and not cache_tmp.exists() and live.exists()
+    assert not torn.exists() and not stray.exists() and not cache_tmp.exists() and live.exists() and elsewhere.exists()
     assert f"cleanup: removed {torn}" in out and f"cleanup: removed {cache_tmp}" in out
 
 

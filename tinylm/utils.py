@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -42,7 +43,7 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
     temp file in the same folder, fsync, rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.pid{os.getpid()}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{temp_tag()}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600: a run file gets the usual mode
         with os.fdopen(fd, "wb") as f:
@@ -70,7 +71,7 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     `sweep_leftovers` puts back). Temporary names carry the writer's PID (see sweep_leftovers)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.pid{os.getpid()}.", suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.{temp_tag()}.", suffix=".tmp"))
     try:
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700
         yield tmp
@@ -81,7 +82,7 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
         fsync_dir(tmp)
         old = None
         if final.exists():  # an identical cache entry built concurrently, or a rewrite
-            old = final.parent / f".{final.name}.pid{os.getpid()}.old.tmp"
+            old = final.parent / f".{final.name}.{temp_tag()}.old.tmp"
             os.rename(final, old)
         os.rename(tmp, final)
         fsync_dir(final.parent)
@@ -92,7 +93,14 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
         raise
 
 
-_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.pid(?P<pid>\d+)\.(?P<old>old\.)?(?:[^.]*\.)?tmp$")
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.pid(?P<pid>\d+)-(?P<host>[A-Za-z0-9-]*)\.(?P<old>old\.)?(?:[^.]*\.)?tmp$")
+
+
+def temp_tag(pid: int | None = None) -> str:
+    """`pid<PID>-<host>`: who writes a temporary entry. The host matters on shared filesystems: a
+    PID is only checked (and its leftovers removed) on the machine that wrote it."""
+    host = re.sub(r"[^A-Za-z0-9]", "-", socket.gethostname())[:40]
+    return f"pid{os.getpid() if pid is None else pid}-{host}"
 
 
 def pid_alive(pid: int) -> bool:
@@ -115,8 +123,8 @@ def sweep_leftovers(folder: str | Path) -> list[str]:
         return done
     for entry in sorted(folder.iterdir()):
         m = _TEMP_NAME.match(entry.name)
-        if not m or pid_alive(int(m.group("pid"))):
-            continue
+        if not m or temp_tag(int(m.group("pid"))) != f"pid{m.group('pid')}-{m.group('host')}" or pid_alive(int(m.group("pid"))):
+            continue  # not a temporary name, another machine's, or a live process's
         target = folder / m.group("name")
         if m.group("old") and not target.exists():
             os.rename(entry, target)
