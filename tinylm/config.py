@@ -177,7 +177,7 @@ class ObjectiveConfig:
 
 @dataclass
 class LoggerConfig:
-    kind: str = "none"  # none | wandb
+    kind: str = "none"  # none | csv | tensorboard | wandb (tinylm/train/loggers.py)
     project: str = "tinylm"
     entity: Optional[str] = None
     name: Optional[str] = None
