@@ -50,10 +50,10 @@ def check_can_generate(model, run_dir: Path, ckpt: Path) -> None:
     family = model.cfg.family
     if getattr(model, "causal", False):
         return
-    from tinylm.export.hf import run_objective
+    from tinylm.train.positions import CAUSAL, reads, run_objective
 
     objective = run_objective(run_dir, family)
-    if objective == "mlm":
+    if CAUSAL not in reads(objective):
         raise InputError(f"ckpt={ckpt}: a {family} trained with objective=mlm (masked only) cannot continue a prompt; "
                          "train it with objective=hybrid (GPT-BERT) or clm to generate, or score it with python -m tinylm.eval")
 
@@ -64,6 +64,7 @@ def generate(cfg: GenerateConfig) -> list[str]:
     from tinylm.data.tokenizer import BOS_ID, EOS_ID
     from tinylm.train.checkpoint import load_trained
     from tinylm.train.devices import resolve_device
+    from tinylm.train.positions import run_dir_of
 
     for key, value, low in (("n", cfg.n, 1), ("max_new_tokens", cfg.max_new_tokens, 1), ("top_k", cfg.top_k, 0)):
         if value < low:
@@ -75,8 +76,7 @@ def generate(cfg: GenerateConfig) -> list[str]:
         torch.set_num_threads(cfg.threads)
     ckpt = Path(cfg.ckpt).expanduser()
     model, tokenizer, state = load_trained(ckpt, device)
-    run_dir = ckpt.parent.parent if (ckpt / "state.json").exists() else ckpt
-    check_can_generate(model, run_dir, ckpt)
+    check_can_generate(model, run_dir_of(ckpt), ckpt)
     prompt_ids = [BOS_ID, *(tokenizer.encode([cfg.prompt])[0] if cfg.prompt else [])]
     ids = torch.tensor([prompt_ids] * cfg.n, device=device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
