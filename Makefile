@@ -16,6 +16,8 @@ BENCH_OUT ?= runs/bench
 # on Linux (the Triton kernels; CPU machines run them only under TRITON_INTERPRET=1 in tests).
 TORCH  := torch==2.13.0
 TRITON := $(if $(filter Linux,$(shell uname -s)),triton==3.7.1,)
+# A torch build for another CUDA version: make install TORCH_INDEX=https://download.pytorch.org/whl/cu126
+TORCH_INDEX ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install pretrain sweep eval export package babylm generate test test-gpu bench bench-kernels clean clean-data clean-runs data tokenizer
@@ -28,7 +30,7 @@ install: $(STAMP)  ## create .venv with torch, triton and tinylm (idempotent)
 $(STAMP): pyproject.toml Makefile
 	@test ! -f $(STAMP) || echo "make: pyproject.toml or the Makefile changed since .venv was set up: updating .venv (make install)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q $(TORCH) $(TRITON)
+	$(PY) -m pip install -q $(TORCH) $(TRITON) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $(STAMP)
 
@@ -65,7 +67,8 @@ test: $(STAMP)  ## the whole pytest suite (CPU; Triton kernels under the interpr
 test-aot: $(STAMP)  ## every Triton kernel specialisation compiles for sm_80/sm_90 without spills (no GPU needed; long)
 	TINYLM_AOT=all $(PY) -m pytest -q -s tests/kernels/test_aot.py $(ARGS)
 
-test-gpu: $(STAMP)  ## only the tests marked gpu (bf16, real autotuning); needs CUDA
+test-gpu: $(STAMP)  ## only the tests marked gpu (bf16, real autotuning); fails without CUDA
+	@$(PY) -c "import sys, torch; torch.cuda.is_available() or sys.exit('error: make test-gpu needs a CUDA device and a CUDA build of torch (this is torch ' + torch.__version__ + ', CUDA ' + str(torch.version.cuda) + '); see README.md, GPU setup')"
 	$(PY) -m pytest -q -m gpu $(ARGS)
 
 bench: $(STAMP)  ## training tokens/s (and MFU on CUDA) vs plain PyTorch models of the same shape; to runs/bench/ (BENCH_OUT=DIR)

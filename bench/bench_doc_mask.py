@@ -47,7 +47,8 @@ def main() -> None:
     from tinylm.data.loader import dev_windows
     from tinylm.data.pipeline import prepare_data
     from tinylm.train.checkpoint import load_trained
-    from tinylm.train.loop import autocast_for, evaluate
+    from tinylm.train.devices import Precision
+    from tinylm.train.loop import evaluate
     from tinylm.train.objectives import build_objective
 
     torch.set_num_threads(1)
@@ -68,7 +69,7 @@ def main() -> None:
             tc = cfg.train
             batches, docs = dev_windows(data.dev.tokens, tc.seq_len, tc.eval_batches, tc.batch_size, data.dev.docs[:, 0])
             objective = build_objective(cfg.objective, model, model.cfg.vocab_size, tc.steps, tc.seed, torch.device("cpu"))
-            autocast = autocast_for(torch.device("cpu"), "fp32")
+            autocast = Precision(torch.device("cpu"), "fp32").autocast
             across = evaluate(model, objective, batches, autocast)["dev_loss"]
             inside = evaluate(model, objective, batches, autocast, docs)["dev_loss"]
             rows.append((f"doc_mask={str(doc_mask).lower()}", f"{across:.4f}", f"{inside:.4f}",

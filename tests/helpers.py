@@ -24,9 +24,13 @@ def compose_pretrain(*overrides: str) -> PretrainConfig:
     return OmegaConf.to_object(cfg)
 
 
+# debug=cpu_smoke keeps the chosen model; the tests shrink it further, explicitly, to stay fast.
+SMOKE_MODEL = ("model.n_layer=2", "model.n_head=2", "model.d_model=64", "model.max_seq_len=64")
+
+
 def smoke_config(run_dir: Path, cache_dir: Path, *overrides: str) -> PretrainConfig:
-    """The debug=cpu_smoke config writing into run_dir with a shared cache."""
-    return compose_pretrain("debug=cpu_smoke", f"run_dir={run_dir}", f"data.cache_dir={cache_dir}", *overrides)
+    """The debug=cpu_smoke config with a 2 x 64 model, writing into run_dir with a shared cache."""
+    return compose_pretrain("debug=cpu_smoke", *SMOKE_MODEL, f"run_dir={run_dir}", f"data.cache_dir={cache_dir}", *overrides)
 
 
 def run_cli(module: str, *args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:

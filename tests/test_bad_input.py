@@ -37,7 +37,7 @@ CASES = {
     "not utf-8": (["data=text", "data.paths=[{root}/latin1.txt]"], "latin1.txt is not valid UTF-8 (byte 3); re-encode it"),
     "vocab too large": (["data=text", "data.paths=[{root}/tiny.txt]", "tokenizer.vocab_size=4000"],
                         "tokenizer.vocab_size=4000 does not fit this corpus"),
-    "model differs from checkpoint": (["model.d_model=32"], "model.d_model: checkpoint 64 vs requested 32"),
+    "model differs from checkpoint": (["model.d_model=32"], "model.d_model: checkpoint 128 vs requested 32"),
     "unknown device": (["train.device=tpu"], "train.device='tpu' is not a device"),
 }
 

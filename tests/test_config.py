@@ -27,9 +27,13 @@ def test_every_shipped_option_composes(group, option):
         assert cfg.train.seq_len <= cfg.model.max_seq_len or option == "gpt_tiny"
 
 
-def test_debug_overrides_win_over_groups():
+def test_debug_overrides_win_over_groups_and_keep_the_model():
     cfg = compose_pretrain("debug=cpu_smoke", "run_dir=/tmp/x")
-    assert cfg.train.steps == 8 and cfg.model.d_model == 64 and cfg.train.device == "cpu"
+    assert cfg.train.steps == 8 and cfg.train.batch_size == 4 and cfg.train.device == "cpu"
+    for option in ("gpt_10m", "bert_30m", "mlstm_tiny"):  # the model you picked is the model you get
+        smoke = compose_pretrain(f"model={option}", "debug=cpu_smoke", "run_dir=/tmp/x")
+        assert smoke.model == compose_pretrain(f"model={option}", "run_dir=/tmp/x").model
+        assert smoke.objective.name == ("mlm" if option.startswith("bert") else "clm")
 
 
 def test_experiment_sets_groups():
@@ -57,5 +61,18 @@ def test_family_shorthands_pick_sizes_and_objectives():
     bert = compose_pretrain("model=bert", "run_dir=/tmp/x")
     assert bert.model.family == "bert" and bert.objective.name == "mlm"  # an encoder trains masked by default
     assert compose_pretrain("model=bert", "objective=hybrid", "run_dir=/tmp/x").objective.name == "hybrid"
+    assert compose_pretrain("objective=hybrid", "model=bert_10m", "run_dir=/tmp/x").objective.name == "hybrid"  # order-free
     mlstm = compose_pretrain("model=mlstm", "run_dir=/tmp/x")
     assert mlstm.model.family == "mlstm" and mlstm.objective.name == "clm"
+
+
+MODEL_OPTIONS = sorted(f.stem for f in (Path(CONF_DIR) / "model").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("option", MODEL_OPTIONS)
+def test_every_model_option_sets_its_family_objective(option):
+    cfg = compose_pretrain(f"model={option}", "run_dir=/tmp/x")
+    expected = {"bert": "mlm", "gpt": "clm", "mlstm": "clm"}[cfg.model.family]
+    assert cfg.objective == compose_pretrain(f"objective={expected}", "run_dir=/tmp/x").objective  # the whole group
+    other = "hybrid" if expected == "mlm" else "mlm"
+    assert compose_pretrain(f"model={option}", f"objective={other}", "run_dir=/tmp/x").objective.name == other

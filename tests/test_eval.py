@@ -342,6 +342,7 @@ def test_python_m_tinylm_eval_end_to_end(run_dir, tmp_path):
     assert len(preds) == 40 and preds[0]["id"] == "determiner_noun_agreement_1_0"
     assert set(predictions) == {"blimp", "blimp_original"}
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "phenomena.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # bad input: one `error:` line naming the file
     (tasks / "odd.jsonl").write_text('{"prompt": "x"}\n')

@@ -112,6 +112,43 @@ def test_left_and_right_padding_give_the_same_sentence_scores(exported, native):
     torch.testing.assert_close(torch.tensor(native_scores, dtype=torch.float32), right, atol=1e-4, rtol=0)
 
 
+def test_exported_gpt_kv_cache_matches_the_full_forward_and_native_generation(exported, native):
+    """The export's key/value cache: prompt then one token at a time gives the full forward's
+    logits (1e-5, with left padding too); greedy generate() with and without the cache gives the
+    tokens of the native model's generate, also past max_seq_len (the window then slides)."""
+    model, tok, _ = native
+    lm = AutoModelForCausalLM.from_pretrained(exported, trust_remote_code=True).eval()
+    ctx = lm.config.max_position_embeddings
+    ids = torch.randint(5, tok.vocab_size, (2, 20), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0  # row 1 left-padded
+    with torch.no_grad():
+        full = lm(input_ids=ids, attention_mask=mask).logits
+        out = lm(input_ids=ids[:, :12], attention_mask=mask[:, :12], use_cache=True)
+        steps = [out.logits]
+        key = "cache" if "cache" in type(out).__dataclass_fields__ else "past_key_values"  # transformers 5 / 4
+        cache = out[key]
+        assert cache.get_seq_length() == 12
+        for t in range(12, 20):
+            steps.append(lm(input_ids=ids[:, t : t + 1], attention_mask=mask[:, : t + 1], **{key: cache}).logits)
+    got = torch.cat(steps, dim=1)
+    real = mask.bool()
+    torch.testing.assert_close(got[real], full[real], atol=1e-5, rtol=0)
+    prompt = ids[:1, :10]
+    new = ctx + 6 - prompt.shape[1]  # ends 6 tokens past the position table
+    want = model.generate(prompt, new, temperature=0)  # eos_id=None: never stops early
+    forward, lengths = lm.forward, []
+    lm.forward = lambda input_ids=None, **kw: lengths.append(input_ids.shape[1]) or forward(input_ids=input_ids, **kw)
+    for use_cache in (True, False):
+        lengths.clear()
+        got = lm.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new, do_sample=False,
+                          use_cache=use_cache, eos_token_id=None, pad_token_id=0)
+        assert torch.equal(got, want), use_cache
+        # with the cache: the prompt, then one token per step until the window is full, then the window
+        expected = [10] + [1] * (ctx - 10) + [ctx] * (new - 1 - (ctx - 10)) if use_cache else [min(n, ctx) for n in range(10, 10 + new)]
+        assert lengths == expected, use_cache
+
+
 def test_tokenizer_ids_equal_sentencepiece(exported, native):
     from tinylm.export.hf import PARITY_TEXTS, id_parity
 

@@ -86,3 +86,35 @@ def test_flops_per_token_matches_hand_count():
     n = model.num_params()
     assert n == sum(p.numel() for p in model.parameters()) - 16 * 32
     assert model.flops_per_token(16) == 6 * n + 12 * 2 * 2 * 16 * 16
+
+
+def test_kv_cache_gives_the_logits_of_a_full_forward():
+    """Prompt, then one token at a time, then a 3-token chunk (the masked path), all through the
+    cache: every position's logits equal the full forward's (float32, 1e-5)."""
+    from tinylm.models.gpt import KVCache
+
+    model = tiny_gpt(init_std=0.2).eval()
+    ids = torch.randint(0, 97, (2, 14), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full = model(ids)
+        cache = KVCache(2, 16)
+        parts = [model(ids[:, :6], cache=cache)]
+        parts += [model(ids[:, t : t + 1], cache=cache) for t in range(6, 11)]
+        parts.append(model(ids[:, 11:], cache=cache))
+    assert cache.length == 14
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="max_seq_len"):  # 14 stored + 3 > 16 positions
+        model(ids[:, :3], cache=cache)
+
+
+@pytest.mark.parametrize("prompt_len,new", [(3, 8), (5, 30)])  # (5, 30): past the 16-position window
+def test_cached_generation_equals_uncached(prompt_len, new):
+    model = tiny_gpt(init_std=0.2).eval()
+    prompt = torch.randint(0, 97, (2, prompt_len), generator=torch.Generator().manual_seed(4))
+    cached = model.generate(prompt, new, temperature=0)
+    uncached = model.generate(prompt, new, temperature=0, use_cache=False)
+    assert cached.shape == (2, prompt_len + new)
+    assert torch.equal(cached, uncached)
+    sampled = [model.generate(prompt, new, temperature=0.8, top_k=20, generator=torch.Generator().manual_seed(5),
+                              use_cache=c) for c in (True, False)]
+    assert torch.equal(*sampled)

@@ -158,6 +158,30 @@ def test_muon_matches_the_hand_written_step():
             torch.testing.assert_close(p.detach(), expected, rtol=1e-10, atol=1e-12, msg=n)
 
 
+def test_torch_muon_is_the_same_rule_but_in_bf16():
+    """torch.optim.Muon (when the installed torch has it) against ours on a float64 matrix: the same
+    update up to bf16 rounding (torch orthogonalises in bf16 on every device), so not the same to
+    float64 precision. If the second assertion ever fails, torch's Muon keeps the dtype and can
+    replace ours (see the optim.py docstring)."""
+    torch_muon = getattr(torch.optim, "Muon", None)
+    if torch_muon is None:
+        pytest.skip("this torch has no torch.optim.Muon")
+    w0 = torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ours_p, theirs_p = nn.Parameter(w0.clone()), nn.Parameter(w0.clone())
+    ours = Muon([{"params": [ours_p], "use_muon": True, "weight_decay": 0.1, "momentum": 0.9, "nesterov": True,
+                  "ns_steps": 5, "lr_scale": 1.0}], lr=0.05)
+    theirs = torch_muon([theirs_p], lr=0.05, weight_decay=0.1, momentum=0.9, nesterov=True, ns_steps=5)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        grad = torch.randn(6, 4, dtype=torch.float64, generator=g)
+        ours_p.grad, theirs_p.grad = grad.clone(), grad.clone()
+        ours.step()
+        theirs.step()
+        moved = (ours_p - w0).norm()
+        assert (ours_p - theirs_p).norm() / moved < 0.05  # bf16 has an 8-bit mantissa: ~1% apart
+    assert (ours_p - theirs_p).abs().max() > 1e-6
+
+
 def test_muon_follows_the_schedule_through_lr_scale():
     model = Toy()
     opt = build_optimizer(model, OptimConfig(name="muon", lr=0.01, muon_lr=0.04))

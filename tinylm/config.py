@@ -132,8 +132,8 @@ class TrainConfig:
     batch_size: int = 32  # sequences per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
     seq_len: int = 128
-    device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    device: str = "auto"  # auto (cuda if visible, else cpu) | cpu | cuda | mps (tinylm/train/devices.py)
+    precision: str = "auto"  # auto (bf16 on CUDA, fp16 + GradScaler on GPUs without bf16, fp32 on CPU) | fp32 | bf16 | fp16
     compile: bool = False  # torch.compile the model
     threads: int = 0  # torch CPU threads; 0: auto (tinylm/train/threads.py: free physical cores, 1 under contention)
     strategy: str = "ddp"  # under torchrun: ddp (replicated model) | fsdp (FSDP2-sharded); tinylm/train/distributed.py
@@ -184,7 +184,7 @@ class ObjectiveConfig:
 
 @dataclass
 class LoggerConfig:
-    kind: str = "none"  # none | wandb
+    kind: str = "none"  # none | csv | tensorboard | wandb (tinylm/train/loggers.py)
     project: str = "tinylm"
     entity: Optional[str] = None
     name: Optional[str] = None

@@ -1,6 +1,9 @@
 """Turning per-item verdicts into results: accuracies per file, paradigm (UID) and phenomenon, the
 macro averages BabyLM reports, a printed table, a bar chart and a predictions file.
 
+Plots: accuracy.png (per UID, i.e. paradigm, with each task's macro) and phenomena.png (per
+phenomenon: the mean of its paradigms, as BLiMP groups them).
+
 Macro averages, as in the BabyLM 2025 pipeline (evaluation_pipeline/sentence_zero_shot/run.py):
 - BLiMP, BLiMP filtered, supplement, EWoK, Zorro: the mean of the per-UID accuracies (UID =
   paradigm for BLiMP/Zorro, file for the supplement, domain for EWoK). `by_phenomenon` is the mean
@@ -232,6 +235,41 @@ def plot_accuracies(tasks: dict[str, Any], path: Path, title: str) -> Path | Non
     ax.scatter([100 * r[4] for r in rows], y, marker="|", s=120, color="black", zorder=3, label="chance")
     ax.set_xlim(0, 100)
     ax.set_xlabel("accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def phenomenon_rows(tasks: dict[str, Any]) -> list[tuple[str, str, float, float]]:
+    """(task, phenomenon, accuracy, chance) for every task that groups its UIDs into phenomena
+    (BLiMP, BLiMP filtered, Zorro, ...): what phenomena.png draws."""
+    return [(task, ph, cell["accuracy"], entry["chance"])
+            for task, entry in tasks.items() if entry.get("metric") != "spearman"
+            for ph, cell in entry.get("phenomena", {}).items()]
+
+
+def plot_phenomena(tasks: dict[str, Any], path: Path, title: str) -> Path | None:
+    """Horizontal bars: accuracy per phenomenon (the mean of its paradigms), one colour per task,
+    with chance level; None when no task has phenomena."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = phenomenon_rows(tasks)
+    if not rows:
+        return None
+    colors = {task: plt.cm.tab10(i % 10) for i, task in enumerate(tasks)}
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.22 * len(rows)))
+    y = list(range(len(rows)))[::-1]
+    ax.barh(y, [100 * r[2] for r in rows], color=[colors[r[0]] for r in rows])
+    ax.set_yticks(y, [f"{task}: {ph}" for task, ph, _, _ in rows], fontsize=7)
+    ax.scatter([100 * r[3] for r in rows], y, marker="|", s=120, color="black", zorder=3, label="chance")
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("accuracy (%), mean over the phenomenon's paradigms")
     ax.set_title(title, fontsize=9)
     ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()

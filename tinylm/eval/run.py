@@ -7,6 +7,7 @@ Writes into `out` (default <run dir>/eval/):
                       per byte (models that run causally), samples
     predictions.json  the chosen candidate per item, in the BabyLM 2025 collated layout
     accuracy.png      accuracy per UID and the macro per task
+    phenomena.png     accuracy per phenomenon (BLiMP, Zorro, ...)
     samples.txt       generations from a few prompts (causal models)
 """
 
@@ -27,7 +28,7 @@ from tinylm.export.outdir import check_out_folder
 from tinylm.eval.config import SCORERS, EvalConfig
 from tinylm.eval.formats import read_tasks
 from tinylm.eval.perplexity import dev_perplexity, dev_shard_of
-from tinylm.eval.report import aggregate, collate_predictions, format_table, plot_accuracies, summary
+from tinylm.eval.report import aggregate, collate_predictions, format_table, plot_accuracies, plot_phenomena, summary
 from tinylm.eval.scoring import causal_scores, encode_scored, judge, masked_scores, model_window
 from tinylm.train.positions import BABYLM_BACKEND as BACKEND
 from tinylm.train.positions import default_scorer, run_dir_of, run_objective, runs_causally
@@ -239,6 +240,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     write_json_atomic(out / "results.json", _json_safe(results))
     write_atomic(out / "predictions.json", json.dumps(_json_safe(collate_predictions(files, scores, verdicts))) + "\n")
     plot_accuracies(results["tasks"], out / "accuracy.png", f"{run_dir.name} step {state.get('step')} ({scorer})")
+    plot_phenomena(results["tasks"], out / "phenomena.png", f"{run_dir.name} step {state.get('step')} ({scorer})")
     print(format_table(results["tasks"]))
     dev = results["dev"]
     if "perplexity" in dev:

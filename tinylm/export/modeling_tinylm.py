@@ -40,7 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import transformers
 from transformers import PreTrainedModel
-from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput, MaskedLMOutput
+from transformers.modeling_outputs import BaseModelOutput, CausalLMOutputWithPast, MaskedLMOutput
 
 from .configuration_tinylm import TinyLMConfig
 from .modeling_tinylm_bert import build as build_bert, build_head as build_bert_head, forward as forward_bert, head as bert_head
@@ -53,6 +53,8 @@ except ImportError:  # pragma: no cover
     GenerationMixin = object
 
 _TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
+# What this transformers calls the key/value cache in model inputs and outputs (newer: `cache`).
+CACHE_KEY = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 FAMILIES = {"gpt": (build_gpt, forward_gpt), "bert": (build_bert, forward_bert), "mlstm": (build_mlstm, forward_mlstm)}
 
 
@@ -94,17 +96,20 @@ class TinyLMModel(TinyLMPreTrainedModel):
                 output_hidden_states=None, return_dict=None, causal=None, doc_ids=None, **kwargs):
         """causal: None = the family's default (config.body_is_causal); True / False to choose
         (only a bert body can run both ways). doc_ids (B, T): packed documents, as tinylm trains
-        with train.doc_mask=true (see _by_document)."""
+        with train.doc_mask=true (see _by_document). A gpt body takes a key/value cache (`cache`, or
+        `past_key_values` in transformers 4)."""
         if inputs_embeds is None:
             inputs_embeds = self.tok_emb(input_ids)
         if causal is None:
             causal = self.config.body_is_causal
         run = FAMILIES[self.config.family][1]
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
         if doc_ids is not None:
             x, hidden = self._by_document(run, inputs_embeds, attention_mask, position_ids, causal,
                                           bool(output_hidden_states), doc_ids)
         else:
-            x, hidden = run(self, inputs_embeds, attention_mask, position_ids, causal, bool(output_hidden_states))
+            extra = {"cache": cache} if cache is not None and self.config.family == "gpt" else {}
+            x, hidden = run(self, inputs_embeds, attention_mask, position_ids, causal, bool(output_hidden_states), **extra)
         return BaseModelOutput(last_hidden_state=x, hidden_states=tuple(hidden) if hidden is not None else None)
 
     def _by_document(self, run, x, attention_mask, position_ids, causal, want_hidden, doc_ids):
@@ -173,12 +178,18 @@ class TinyLMForCausalLM(_WithHead, GenerationMixin):
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, labels=None,
                 output_hidden_states=None, return_dict=None, doc_ids=None, **kwargs):
         T = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-        if self.config.family == "gpt" and T > self.config.max_seq_len and position_ids is None and doc_ids is None:
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if (self.config.family == "gpt" and T > self.config.max_seq_len and position_ids is None and doc_ids is None
+                and cache is None):
             logits, hidden_states = self._sliding_window_logits(input_ids, attention_mask, inputs_embeds), None
         else:
+            if cache is None and kwargs.get("use_cache") and self.config.family == "gpt":
+                from transformers import DynamicCache
+
+                cache = DynamicCache()
             out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              inputs_embeds=inputs_embeds, output_hidden_states=output_hidden_states, causal=True,
-                             doc_ids=doc_ids)
+                             doc_ids=doc_ids, cache=cache)
             logits, hidden_states = self.logits(out.last_hidden_state), out.hidden_states
         loss = None
         if labels is not None:
@@ -187,7 +198,8 @@ class TinyLMForCausalLM(_WithHead, GenerationMixin):
             if attention_mask is not None:
                 shift_labels = shift_labels.masked_fill(attention_mask[:, 1:] == 0, -100)
             loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=-100)
-        return CausalLMOutput(loss=loss, logits=logits, hidden_states=hidden_states)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=hidden_states,
+                                      **({CACHE_KEY: cache} if cache is not None else {}))
 
     def _sliding_window_logits(self, input_ids, attention_mask, inputs_embeds):
         """Logits of a text longer than the GPT's position table (max_seq_len = W): windows of W
@@ -208,15 +220,29 @@ class TinyLMForCausalLM(_WithHead, GenerationMixin):
         return torch.cat(chunks, dim=1)
 
     def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
-        # No key/value cache: the whole (window of the) sequence is recomputed at each step.
-        if self.config.family != "mlstm":  # the mLSTM has no position table and no length limit
-            input_ids = input_ids[:, -self.config.max_seq_len :]
+        """gpt: the key/value cache holds what was read; only the new tokens go in. Once the
+        max_seq_len positions are used up, each step rereads the newest max_seq_len tokens with a
+        fresh cache (what the model without a cache sees). bert and mlstm: no cache, the whole
+        window is recomputed at each step (the mLSTM has no position table and no length limit)."""
+        ctx = self.config.max_seq_len
+        cache = kwargs.get(CACHE_KEY)
+        if self.config.family == "gpt" and cache is not None:
+            past = cache.get_seq_length()
+            if input_ids.shape[1] > ctx:
+                from transformers import DynamicCache
+
+                cache, past = DynamicCache(), 0
+                input_ids = input_ids[:, -ctx:]
+                attention_mask = attention_mask[:, -ctx:] if attention_mask is not None else None
+            return {"input_ids": input_ids[:, past:], "attention_mask": attention_mask, CACHE_KEY: cache}
+        if self.config.family != "mlstm":
+            input_ids = input_ids[:, -ctx:]
             if attention_mask is not None:
-                attention_mask = attention_mask[:, -self.config.max_seq_len :]
+                attention_mask = attention_mask[:, -ctx:]
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
-    def _supports_default_dynamic_cache(self):  # transformers >= 4.45: do not build a cache
-        return False
+    def _supports_default_dynamic_cache(self):  # transformers >= 4.45: a DynamicCache for the gpt only
+        return self.config.family == "gpt"
 
 
 class TinyLMForMaskedLM(_WithHead):

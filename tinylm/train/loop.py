@@ -7,7 +7,6 @@ exactly like the uninterrupted run (bit for bit on CPU).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -27,6 +26,7 @@ from tinylm.logs import attach_run_log, detach_run_log, progress_bar_wanted, ste
 from tinylm.models import build_model
 from tinylm.train import distributed
 from tinylm.train.checkpoint import NonFiniteWeights, load_checkpoint, newest_intact, read_state, save_checkpoint
+from tinylm.train.devices import Precision, check_kernels, resolve_device
 from tinylm.train.eval_during import TaskTracker, plot_eval_curve
 from tinylm.train.guard import RunStopped, StepGuard, StopSignals
 from tinylm.train.metrics import MetricsLog, plot_loss_curve, read_metrics, truncate_metrics
@@ -43,24 +43,6 @@ log = logging.getLogger(__name__)
 
 # Dense bf16 peak FLOP/s by device name, for MFU (None elsewhere: MFU is then not reported).
 _PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12, "A10": 125e12}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu")
-    if name not in ("cpu", "cuda"):
-        raise InputError(f"train.device={name!r} is not a device; use auto, cpu or cuda")
-    return torch.device(name)
-
-
-def autocast_for(device: torch.device, precision: str):
-    if precision not in ("auto", "fp32", "bf16"):
-        raise InputError(f"train.precision={precision!r} is not supported; use auto, fp32 or bf16")
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext
 
 
 def peak_flops(device: torch.device) -> float | None:
@@ -155,7 +137,11 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str, stop
     if device.type == "cuda" and ctx.active:
         device = torch.device(device_name)
     ops.set_default_backend(cfg.kernels, device)
-    autocast = autocast_for(device, tc.precision)
+    check_kernels(device, cfg.kernels)
+    precision = Precision(device, tc.precision)  # autocast, loss scaling (fp16), the optimizer step
+    autocast = precision.autocast
+    if precision.scaler.is_enabled() and ctx.active and tc.strategy == "fsdp":
+        raise InputError("train.precision=fp16 (loss scaling) is not supported with train.strategy=fsdp; use bf16 or ddp")
     log.info(set_threads(tc.threads, device))
     if tc.seq_len > cfg.model.max_seq_len:
         raise InputError(f"train.seq_len={tc.seq_len} exceeds model.max_seq_len={cfg.model.max_seq_len}; raise one or lower the other")
@@ -186,7 +172,7 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str, stop
     if sharded and resume_ckpt is not None:  # FSDP shards the (consolidated) weights the checkpoint holds
         load_checkpoint(resume_ckpt, model, optimizer=None)
     # DDP, or FSDP2 sharding the model in place (before the optimizer sees its parameters), or the model.
-    train_model = distributed.wrap_model(model, ctx, tc.strategy, device, autocast is not contextlib.nullcontext)
+    train_model = distributed.wrap_model(model, ctx, tc.strategy, device, precision.dtype == torch.bfloat16)
     snapshot = build_model(model_cfg) if sharded and ctx.is_main else None  # rank 0's full CPU copy (FSDP)
     sample_device = torch.device("cpu") if sharded else device
     optimizer = build_optimizer(model, cfg.optim)
@@ -215,6 +201,7 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str, stop
         if "objective" in state:
             objective.load_state_dict(state["objective"])
         distributed.restore_rank_state(ctx, state, objective)
+        precision.load_state_dict(state.get("grad_scaler"))
         log.info(f"resuming from {resume_ckpt} (step {step})")
     # minimal pairs scored at each milestone (rank 0, which writes the milestones)
     tracker = (TaskTracker(tc.eval_tasks, tc.eval_tasks_max_items, cfg.objective.name, data.tokenizer, sample_device,
@@ -252,8 +239,8 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str, stop
     n_params = model.num_params()
     log.info(f"run directory: {run_dir}")
     log.info(f"model: {model_cfg.family} {n_params / 1e6:.2f}M non-embedding parameters, vocab {model_cfg.vocab_size}; "
-             f"data: {data.report['words_train']:,} train words, {data.report['tokens_train']:,} tokens; device {device}"
-             + (f"; {ctx.world} processes ({tc.strategy})" if ctx.active else ""))
+             f"data: {data.report['words_train']:,} train words, {data.report['tokens_train']:,} tokens; device {device}, "
+             f"{precision.name}" + (f"; {ctx.world} processes ({tc.strategy})" if ctx.active else ""))
 
     def checkpoint() -> None:
         ranks = distributed.gather_rank_states(ctx, objective)  # collective: every rank takes part
@@ -265,7 +252,8 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str, stop
         try:
             save_checkpoint(run_dir, step, snapshot if sharded else model, None if sharded else optimizer, {
                 "tokens_seen": tokens_seen, "words_seen": words_seen, "loader": loader.state_dict(),
-                "objective": objective.state_dict(), "model_config": asdict(model_cfg),
+                "objective": objective.state_dict(), "grad_scaler": precision.state_dict(),
+                "model_config": asdict(model_cfg),
                 "bad_steps_skipped": guard.bad_total, **run_identity(data.report, tc.seq_len, data_changes),
                 **({"world_size": ctx.world, "strategy": tc.strategy, "ranks": ranks} if ranks else {}),
             }, keep=tc.keep_checkpoints)
@@ -293,7 +281,7 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str, stop
             with distributed.no_sync(train_model, last=micro == tc.grad_accum - 1):
                 with autocast():
                     loss, stats = objective.train_loss(train_model, batch.input_ids, batch.targets, step, batch.doc_ids)
-                (loss / tc.grad_accum).backward()
+                precision.backward(loss / tc.grad_accum)
             loss_sum += loss.item()
             for k, v in stats.items():
                 stat_sums[k] = stat_sums.get(k, 0.0) + v
@@ -303,10 +291,13 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str, stop
             loss_value, *means = ctx.mean([loss_value, *stat_sums.values()])
             stat_sums = dict(zip(stat_sums, means))
         # With grad_clip <= 0 the norm is still computed (for the log) but nothing is clipped.
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf)
+        grad_norm = precision.unscale_and_clip(optimizer, model.parameters(), cfg.optim.grad_clip)
         norm = float(getattr(grad_norm, "full_tensor", lambda: grad_norm)())  # the same on every rank
-        if not guard.ok(loss_value, norm):  # a NaN/inf step is skipped, never applied
+        # Under fp16 loss scaling an overflowing gradient is routine: the scaler skips that step and
+        # lowers its scale, so the guard then judges the loss alone.
+        if not guard.ok(loss_value, 0.0 if precision.scaler.is_enabled() else norm):  # a NaN/inf step is skipped
             optimizer.zero_grad(set_to_none=True)
+            precision.skip()
             last_good = newest_intact(run_dir)
             if guard.skipped(step + 1, loss_value, norm, last_good and str(last_good)) == "rollback":  # single process
                 state = load_checkpoint(last_good, model, optimizer)
@@ -317,7 +308,7 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str, stop
                 truncate_metrics(run_dir / "metrics.jsonl", step)
                 log.warning(f"rollback: reloaded {last_good} (step {step}); learning rate now x{guard.lr_scale:g}")
             continue
-        optimizer.step()
+        precision.step(optimizer)
         optimizer.zero_grad(set_to_none=True)
         step += 1
         tokens_seen += tokens_per_step

@@ -1,47 +1,36 @@
-"""Where training metrics go: metrics.jsonl (always), wandb (when configured), a loss-curve PNG."""
+"""Where training metrics go: metrics.jsonl (always), a logger (csv, tensorboard or wandb) when
+configured, a loss-curve PNG."""
 
 from __future__ import annotations
 
 import json
-import secrets
 from pathlib import Path
 from typing import Any
 
 from tinylm.config import LoggerConfig
-from tinylm.errors import InputError
+from tinylm.train.loggers import make_sink
 from tinylm.utils import write_atomic
 
 
 class MetricsLog:
-    """Appends one JSON object per logged step to run_dir/metrics.jsonl and mirrors it to wandb."""
+    """Appends one JSON object per logged step to run_dir/metrics.jsonl and mirrors it to the
+    configured logger (tinylm/train/loggers.py: csv, tensorboard, wandb)."""
 
     def __init__(self, run_dir: Path, cfg: LoggerConfig, full_config: dict[str, Any], resume_step: int | None):
         self.path = run_dir / "metrics.jsonl"
         if resume_step is not None:
             truncate_metrics(self.path, resume_step)
-        self.wandb_run = None
-        if cfg.kind == "wandb":
-            try:
-                import wandb
-            except ImportError:
-                raise InputError("logger=wandb needs the wandb package: pip install wandb (or make install)") from None
-            self.wandb_run = wandb.init(
-                project=cfg.project, entity=cfg.entity, name=cfg.name or run_dir.name, mode=cfg.mode,
-                tags=list(cfg.tags), config=full_config, dir=str(run_dir), resume="allow",
-                id=_wandb_id(run_dir),
-            )
-        elif cfg.kind != "none":
-            raise InputError(f"logger.kind={cfg.kind!r} is not a logger; use none or wandb")
+        self.sink = make_sink(run_dir, cfg, full_config, resume_step)
 
     def log(self, row: dict[str, Any]) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
-        if self.wandb_run is not None:
-            self.wandb_run.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+        if self.sink is not None:
+            self.sink.log(row)
 
     def close(self) -> None:
-        if self.wandb_run is not None:
-            self.wandb_run.finish()
+        if self.sink is not None:
+            self.sink.close()
 
 
 def truncate_metrics(path: Path, step: int) -> None:
@@ -57,14 +46,6 @@ def truncate_metrics(path: Path, step: int) -> None:
         except (ValueError, KeyError, TypeError):
             continue
     write_atomic(path, "".join(line + "\n" for line in kept))
-
-
-def _wandb_id(run_dir: Path) -> str:
-    """A stable wandb run id per run directory, so a resumed run continues the same wandb run."""
-    id_file = run_dir / "wandb_id.txt"
-    if not id_file.exists():
-        write_atomic(id_file, secrets.token_hex(4))
-    return id_file.read_text().strip()
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

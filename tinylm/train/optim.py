@@ -8,6 +8,13 @@
          biases take AdamW. One optimizer object with both kinds of parameter groups, so
          state_dict() has torch's shape ({"state": {int: {name: tensor}}, "param_groups": [...]}) and
          the checkpoints need nothing special.
+         Why not torch.optim.Muon (torch >= 2.9): it is the same rule (its lerp momentum is ours times
+         1 - momentum, which the normalisation removes; the same coefficients, decoupled decay and
+         sqrt(max(1, rows / cols)) scale) but it always runs Newton-Schulz in bf16, on every device
+         and dtype, and takes only 2-D parameters. Ours runs in bf16 on CUDA (as modded-nanogpt) and
+         in the parameter's dtype elsewhere, so it can be checked against a float64 reference
+         (tests/test_optim.py), and it takes batched matrices (the mLSTM's head-wise weights).
+         tests/test_optim.py also checks that both agree to bf16 rounding.
 
 Every group may carry `lr_scale`: the loop writes the scheduled lr into group["lr"] and the step uses
 lr * lr_scale (Muon's matrices run at optim.muon_lr at the peak of the schedule).
