@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from helpers import ROOT, run_cli, smoke_config
+from helpers import ROOT, SMOKE_MODEL, run_cli, smoke_config
 from safetensors.torch import load_file
 
 from tinylm.train.checkpoint import newest_intact, verify_checkpoint
@@ -34,8 +34,8 @@ def reference(tmp_path_factory, cache_dir):
 def launch(run, cache_dir, *extra):
     logs = run.parent / f"launch-{time.monotonic_ns()}"
     out, err = open(f"{logs}.out", "w"), open(f"{logs}.err", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "tinylm.pretrain", "debug=cpu_smoke", f"hydra.run.dir={run}",
-                             f"data.cache_dir={cache_dir}", *COMMON, *extra], cwd=ROOT, stdout=out, stderr=err,
+    proc = subprocess.Popen([sys.executable, "-m", "tinylm.pretrain", "debug=cpu_smoke", *SMOKE_MODEL,
+                             f"hydra.run.dir={run}", f"data.cache_dir={cache_dir}", *COMMON, *extra], cwd=ROOT, stdout=out, stderr=err,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     proc.logs = (f"{logs}.out", f"{logs}.err")
     return proc

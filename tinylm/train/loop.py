@@ -7,6 +7,7 @@ exactly like the uninterrupted run (bit for bit on CPU).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time

@@ -38,12 +38,14 @@ class RunLock:
         self.run_dir = Path(run_dir)
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise InputError(f"run directory {self.run_dir} is a file; set hydra.run.dir to a folder")
+        self.created = not self.run_dir.exists()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(self.run_dir, os.O_RDONLY)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self.fd)
+            self.fd = None
             raise InputError(f"run directory {self.run_dir} is in use by another tinylm process (PID {_holder_pid(self.run_dir)}); "
                              "wait for it to finish or stop it, or set hydra.run.dir to another folder") from None
 
@@ -55,8 +57,12 @@ class RunLock:
     def __enter__(self) -> "RunLock":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         self.release()
+        # A launch rejected after taking the lock (bad input found while preparing) leaves no
+        # empty folder that it made itself behind.
+        if exc_type is not None and self.created and self.run_dir.is_dir() and not any(self.run_dir.iterdir()):
+            self.run_dir.rmdir()
 
 
 class RunDirIsFolder(Callback):
