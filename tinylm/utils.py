@@ -14,6 +14,16 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def sha256_file(path: str | Path) -> str:
+    """The hex sha256 of a file's bytes, read in 1 MiB blocks (checkpoint manifests, tokenizers,
+    downloads, corpus files)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
 def sha256_of(*parts: Any) -> str:
     """A stable hex digest of JSON-serialisable parts (cache keys for tokenizers and shards)."""
     h = hashlib.sha256()

@@ -7,7 +7,6 @@ no partial file or folder under the final name. Without a network every fetch fa
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from tinylm.errors import InputError
+from tinylm.utils import sha256_file
 
 # The official BabyLM release (text_data of OSF project ad7qg), as direct OSF download links.
 BABYLM_OSF_PAGE = "https://osf.io/ad7qg/"
@@ -109,7 +109,7 @@ def install_babylm_files(files: list[tuple[str, Callable[[], BinaryIO]]], out: P
                 target = tmp / name
                 with opener() as src, open(target, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
-                lines.append(f"{_sha256(target)}  {name}")
+                lines.append(f"{sha256_file(target)}  {name}")
             (tmp / "SHA256SUMS").write_text("\n".join(lines) + "\n")
             os.chmod(tmp, 0o755)
             final = out / folder
@@ -147,10 +147,3 @@ def install_babylm_folder(folder: Path, out: Path, track: str) -> dict[str, list
     files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and not p.name.startswith("."))
     return install_babylm_files([(p.name, partial(open, p, "rb")) for p in files], out, track)
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()

@@ -37,12 +37,11 @@ from tinylm.data.corpus import (
     iter_documents,
     split_ages,
 )
-from tinylm.data.readers_common import hash_file
 from tinylm.data.shards import Shard, open_shard, unigram_counts, write_shards
 from tinylm.data.sources import fingerprint_inputs, plan_sources
 from tinylm.data.tokenizer import Tokenizer, train_sentencepiece
 from tinylm.errors import InputError
-from tinylm.utils import atomic_dir, sha256_of, sweep_leftovers, write_json_atomic
+from tinylm.utils import atomic_dir, sha256_file, sha256_of, sweep_leftovers, write_json_atomic
 
 FORMAT_VERSION = "data-v3"  # v3: <split>.words.bin (exact words per token)
 # Options that do not change the documents, the tokenizer or the shards (so not in the key).
@@ -232,7 +231,7 @@ def _build(data_cfg, tok_cfg, plan, fingerprint, keys, tmp: Path, work: Path, to
     timings["tokenizer"] = time.perf_counter() - t1
     timings["tokenizer_peak_rss_mb"] = _peak_rss_mb()
     tok = Tokenizer(tmp / "tokenizer.model")
-    report.update(vocab_size=tok.vocab_size, tokenizer_sha256=hash_file(tmp / "tokenizer.model"))
+    report.update(vocab_size=tok.vocab_size, tokenizer_sha256=sha256_file(tmp / "tokenizer.model"))
     # What the tokenizer saw, for the BabyLM compliance check (tinylm/package/compliance.py).
     report["tokenizer_training"] = {"split": "train", "words": report["words_train"], "corpus_key": keys["corpus_key"],
                                     "documents_sampled_every": keep_every}

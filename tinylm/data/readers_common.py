@@ -132,14 +132,6 @@ def iter_lines(segments: Iterator[str], max_chars: int = 0) -> Iterator[str]:
         yield "".join(pending)
 
 
-def hash_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(BLOCK_BYTES):
-            h.update(block)
-    return h.hexdigest()
-
-
 # ------------------------------------------------------------------------- document cutting
 
 

@@ -36,9 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tinylm.data.readers_babylm import _plan_babylm, _plan_childes_age, _plan_tinystories
-from tinylm.data.readers_common import Stream, hash_file
+from tinylm.data.readers_common import Stream
 from tinylm.data.readers_files import _plan_hf, _plan_jsonl, _plan_text
 from tinylm.errors import InputError
+from tinylm.utils import sha256_file
 
 KINDS = ("default", "text", "babylm", "tinystories", "jsonl", "hf", "childes_age")
 
@@ -74,7 +75,7 @@ def plan_sources(cfg) -> SourcePlan:
 
         streams = [Stream("default", "auto", "the default corpus", generated, group="all")]
         inputs = []
-        extra = {"default_corpus": hash_file(Path(default_corpus.__file__)),
+        extra = {"default_corpus": sha256_file(Path(default_corpus.__file__)),
                  "words": cfg.default_words, "seed": cfg.default_seed}
         describe = "the default corpus"
     elif cfg.kind == "text":
@@ -104,5 +105,5 @@ def fingerprint_inputs(plan: SourcePlan) -> dict:
     """Content hashes of every input (sha256 of the whole file, not sizes or mtimes)."""
     files = {}
     for p in plan.inputs:
-        files[str(p)] = {"bytes": p.stat().st_size, "sha256": hash_file(p)}
+        files[str(p)] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
     return {"files": files, **plan.fingerprint_extra}

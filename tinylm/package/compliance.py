@@ -24,7 +24,6 @@ Checks (each `pass`, `fail` or `warn`; any `fail` makes the run non-compliant):
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from typing import Any
 from tinylm.errors import InputError
 from tinylm.train.checkpoint import newest_intact, read_state
 from tinylm.train.milestones import UNIT_WORDS, existing_milestones, expected_milestones, milestone_name
+from tinylm.utils import sha256_file
 
 MAX_EPOCHS = 10  # BabyLM: at most 10 passes over the budget (words seen <= 10 x budget)
 # data-report formats whose pipeline trains the tokenizer on the budgeted train split only
@@ -39,14 +39,6 @@ BUDGETED_TOKENIZER_FORMATS = {
     version: f"tinylm/data/pipeline.py ({version}) trains the tokenizer on the budgeted train split only"
     for version in ("data-v2", "data-v3")  # v3 only adds the exact word counts per token
 }
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def run_config(run_dir: Path) -> dict[str, Any]:

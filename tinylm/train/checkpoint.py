@@ -15,7 +15,6 @@ the newest intact one. Weights with a NaN or inf are never written (`save_checkp
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -27,7 +26,7 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from tinylm.errors import InputError
-from tinylm.utils import atomic_dir
+from tinylm.utils import atomic_dir, sha256_file
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 MANIFEST = "manifest.json"
@@ -52,13 +51,6 @@ def step_dirs(run_dir: str | Path) -> list[Path]:
 def step_of(ckpt: Path) -> int:
     return int(_STEP_DIR.match(ckpt.name).group(1))
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_checkpoint(ckpt: str | Path, training_state: bool = True) -> str | None:
@@ -87,7 +79,7 @@ def verify_checkpoint(ckpt: str | Path, training_state: bool = True) -> str | No
             return f"{name} is missing"
         if path.stat().st_size != want["bytes"]:
             return f"{name} has {path.stat().st_size} bytes, the manifest says {want['bytes']} (truncated?)"
-        if _sha256(path) != want["sha256"]:
+        if sha256_file(path) != want["sha256"]:
             return f"{name} does not match its sha256 in {MANIFEST} (corrupted)"
     return None
 
@@ -160,7 +152,7 @@ def save_checkpoint(
         save_model(model, str(tmp / "model.safetensors"))
         save_file(tensors, str(tmp / "state.safetensors"))
         (tmp / "state.json").write_text(json.dumps({"step": step, **state, "optimizer_groups": groups}, indent=2) + "\n")
-        files = {n: {"bytes": (tmp / n).stat().st_size, "sha256": _sha256(tmp / n)} for n in CHECKPOINT_FILES}
+        files = {n: {"bytes": (tmp / n).stat().st_size, "sha256": sha256_file(tmp / n)} for n in CHECKPOINT_FILES}
         (tmp / MANIFEST).write_text(json.dumps({"files": files}, indent=2, sort_keys=True) + "\n")
     rotate(run_dir, keep)
     return final

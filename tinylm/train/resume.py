@@ -14,13 +14,13 @@
 from __future__ import annotations
 
 import logging
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
 from tinylm.errors import InputError
 from tinylm.train.checkpoint import newest_intact, read_state, step_dirs, step_of, verify_checkpoint
+from tinylm.utils import sha256_file
 
 # What a launch writes into its run directory: any of these means a run was started there.
 RUN_FILES = ("config.yaml", "metrics.jsonl", "data_report.json", "tokenizer.model", "summary.json", "samples.txt",
@@ -61,14 +61,6 @@ def find_resume_checkpoint(resume: str, run_dir: Path) -> Path | None:
     return path
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def check_resume_inputs(ckpt: Path, run_dir: Path, report: dict, seq_len: int, resume_data: str) -> list[dict]:
     """Refuse a resume on other data or another train.seq_len; returns the run's data-change record
     (previous changes, plus this one when resume_data=changed allows it)."""
@@ -82,7 +74,7 @@ def check_resume_inputs(ckpt: Path, run_dir: Path, report: dict, seq_len: int, r
     saved = state.get("data") or {}
     old_tok = saved.get("tokenizer_sha256")
     if old_tok is None and (run_dir / "tokenizer.model").exists():  # checkpoints from before the record
-        old_tok = file_sha256(run_dir / "tokenizer.model")
+        old_tok = sha256_file(run_dir / "tokenizer.model")
     diffs = []
     if saved.get("data_key") not in (None, report.get("data_key")):
         diffs.append(f"data key {saved['data_key']} -> {report.get('data_key')}")
