@@ -226,6 +226,12 @@ def plot_accuracies(tasks: dict[str, Any], path: Path, title: str) -> Path | Non
         rows.extend((f"  {uid}", c["accuracy"], task, False, entry["chance"]) for uid, c in entry["uids"].items())
     if not rows:
         return None
+    return _accuracy_bars(plt, list(tasks), rows, path, title, "accuracy (%)")
+
+
+def _accuracy_bars(plt, tasks: list[str], rows: list[tuple], path: Path, title: str, xlabel: str) -> Path:
+    """Horizontal accuracy bars, one colour per task, chance marked; rows are (label, accuracy,
+    task, outlined, chance)."""
     colors = {task: plt.cm.tab10(i % 10) for i, task in enumerate(tasks)}
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.22 * len(rows)))
     y = list(range(len(rows)))[::-1]
@@ -234,7 +240,7 @@ def plot_accuracies(tasks: dict[str, Any], path: Path, title: str) -> Path | Non
     ax.set_yticks(y, [r[0] for r in rows], fontsize=7)
     ax.scatter([100 * r[4] for r in rows], y, marker="|", s=120, color="black", zorder=3, label="chance")
     ax.set_xlim(0, 100)
-    ax.set_xlabel("accuracy (%)")
+    ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=9)
     ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
@@ -262,17 +268,5 @@ def plot_phenomena(tasks: dict[str, Any], path: Path, title: str) -> Path | None
     rows = phenomenon_rows(tasks)
     if not rows:
         return None
-    colors = {task: plt.cm.tab10(i % 10) for i, task in enumerate(tasks)}
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.22 * len(rows)))
-    y = list(range(len(rows)))[::-1]
-    ax.barh(y, [100 * r[2] for r in rows], color=[colors[r[0]] for r in rows])
-    ax.set_yticks(y, [f"{task}: {ph}" for task, ph, _, _ in rows], fontsize=7)
-    ax.scatter([100 * r[3] for r in rows], y, marker="|", s=120, color="black", zorder=3, label="chance")
-    ax.set_xlim(0, 100)
-    ax.set_xlabel("accuracy (%), mean over the phenomenon's paradigms")
-    ax.set_title(title, fontsize=9)
-    ax.legend(loc="lower right", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    bars = [(f"{task}: {ph}", accuracy, task, False, chance) for task, ph, accuracy, chance in rows]
+    return _accuracy_bars(plt, list(tasks), bars, path, title, "accuracy (%), mean over the phenomenon's paradigms")
