@@ -76,7 +76,6 @@ def compose_pretrain(overrides: list[str]):
 def run(argv: list[str]) -> dict[str, Any]:
     from tinylm.eval.formats import read_tasks
 
-    started = time.perf_counter()
     own, overrides = split_args(argv)
     cfg = compose_pretrain(overrides)
     if not cfg.train.milestones:
