@@ -57,3 +57,19 @@ def test_epochs_set_the_steps_and_bound_the_words(tmp_path, cache_dir):
     assert summary["words_seen"] <= 0.25 * report["words_train"]
     saved = (run / "config.yaml").read_text()
     assert f"steps: {summary['steps']}" in saved  # the derived count is what the run records
+
+
+def test_babylm_cpu_recipe_trains_on_short_documents(tmp_path, cache_dir):
+    """babylm_cpu (the 30-CPU-minute recipe) composes and trains; its ~24-word documents give the model a
+    BOS every sentence or two, as the minimal-pair scorers present a sentence (BOS + text)."""
+    from test_babylm import babylm_folder
+
+    corpus = babylm_folder(tmp_path / "babylm")
+    cfg = compose_pretrain("experiment=babylm_cpu", f"data.root={corpus}", f"data.cache_dir={cache_dir}", f"run_dir={tmp_path / 'run'}",
+                           "train.steps=4", "train.batch_size=4", "train.seq_len=32", "tokenizer.vocab_size=320", "train.threads=1",
+                           "train.progress=false", "train.milestones=false", "train.eval_every=4", "train.eval_batches=1")
+    assert (cfg.model.family, cfg.objective.name, cfg.optim.name, cfg.train.doc_mask) == ("gpt", "clm", "muon", True)
+    summary = pretrain(cfg)
+    report = json.loads((tmp_path / "run" / "data_report.json").read_text())
+    words_per_doc = report["words_train"] / report["documents_train"]
+    assert summary["steps"] == 4 and 12 <= words_per_doc <= 30, words_per_doc
