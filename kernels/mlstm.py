@@ -526,7 +526,11 @@ def mlstm_chunkwise(q, k, v, i_pre, log_f, seg=None, chunk_size: int = 64):
     Gradients flow to q, k, v, i_pre and log_f through h; the returned state is detached (it
     serves generation, which runs without gradients)."""
     check_chunk(chunk_size)
-    B, H, T, D = q.shape
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"the Triton mLSTM kernel takes fp16, bf16 or fp32 inputs, not {q.dtype}")
+    if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape or i_pre.shape != q.shape[:3] or log_f.shape != q.shape[:3]:
+        raise ValueError("mLSTM kernel: q, k, v must be (B, H, T, D) and the gates (B, H, T), got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}, {tuple(i_pre.shape)}, {tuple(log_f.shape)}")
     k, v = k.to(q.dtype), v.to(q.dtype)
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     h, c, n, m = _MLSTMChunkwise.apply(q, k, v, i_pre, log_f, seg, int(chunk_size))
