@@ -48,6 +48,7 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # keeps the (L, L) score tiles in registers. The interpreter takes any power of two (tests use 4).
 GPU_CHUNKS = (16, 32, 64, 128)
 NEG_INF = float("-inf")
+NINF = tl.constexpr(NEG_INF)  # the same, readable inside @triton.jit functions
 
 
 def block_d(D: int) -> int:
@@ -83,8 +84,8 @@ def _fwd_state_kernel(
     offs_v = tv * BLOCK_D + tl.arange(0, BLOCK_D)
     k_ok = offs_k < D
     v_ok = offs_v < D
-    k_ptr = K + b.to(tl.int64) * stride_kb + hh * stride_kh + offs_k[None, :]
-    v_ptr = V + b.to(tl.int64) * stride_vb + hh * stride_vh + offs_v[None, :]
+    k_ptr = K + b.to(tl.int64) * stride_kb + hh.to(tl.int64) * stride_kh
+    v_ptr = V + b.to(tl.int64) * stride_vb + hh.to(tl.int64) * stride_vh
     gate = bh.to(tl.int64) * Tp
     st = bh.to(tl.int64) * (NC + 1)
     c_off = offs_k[:, None] * D + offs_v[None, :]
@@ -92,7 +93,7 @@ def _fwd_state_kernel(
 
     c = tl.zeros((BLOCK_D, BLOCK_D), dtype=tl.float32)
     n = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    m = tl.max(tl.full((CHUNK,), NEG_INF, tl.float32), axis=0)  # the empty memory: m = -inf
+    m = tl.max(tl.full((CHUNK,), NINF, tl.float32), axis=0)  # the empty memory: m = -inf
     tl.store(C_ST + st * D * D + c_off, c, mask=c_mask)
     if tv == 0:
         tl.store(N_ST + st * D + offs_k, n, mask=k_ok)
@@ -109,14 +110,14 @@ def _fwd_state_kernel(
         if HAS_SEG:
             sg = tl.load(SEG + b.to(tl.int64) * Tp + t)
             s_last = tl.load(SEG + b.to(tl.int64) * Tp + ci * CHUNK + CHUNK - 1)
-            a = tl.where(sg == s_last, a, NEG_INF)
-            g = tl.where(s_last == seg_prev, g, NEG_INF)
+            a = tl.where(sg == s_last, a, NINF)
+            g = tl.where(s_last == seg_prev, g, NINF)
             seg_prev = s_last
         m_new = tl.maximum(g, tl.max(a, axis=0))  # finite: the chunk's last real token counts
         w = tl.exp(a - m_new)
         row_ok = t < T
-        kt = tl.load(k_ptr + t[:, None] * stride_kt, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        vt = tl.load(v_ptr + t[:, None] * stride_vt, mask=row_ok[:, None] & v_ok[None, :], other=0.0)
+        kt = tl.load(k_ptr + (t * stride_kt)[:, None] + offs_k[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        vt = tl.load(v_ptr + (t * stride_vt)[:, None] + offs_v[None, :], mask=row_ok[:, None] & v_ok[None, :], other=0.0)
         kw = kt.to(tl.float32) * (w * scale)[:, None]
         decay = tl.exp(g - m_new)
         c = decay * c + tl.dot(tl.trans(kw.to(kt.dtype)), vt, input_precision=PRECISION)
@@ -147,8 +148,8 @@ def _chunk_gates(BCUM, IGATE, SEG, M_ST, bh, b, ci, NC, CHUNK: tl.constexpr, HAS
         sg = tl.load(SEG + b.to(tl.int64) * Tp + t)
         seg_prev = tl.load(SEG + b.to(tl.int64) * Tp + tl.maximum(ci * CHUNK - 1, 0))
         keep = keep & (sg[:, None] == sg[None, :])
-        g = tl.where(sg == seg_prev, g, NEG_INF)
-    log_d = tl.where(keep, log_d, NEG_INF)
+        g = tl.where(sg == seg_prev, g, NINF)
+    log_d = tl.where(keep, log_d, NINF)
     return log_d, g, m_prev
 
 
@@ -172,16 +173,12 @@ def _fwd_out_kernel(
     offs_v = tv * BLOCK_D + offs_d
     v_ok = offs_v < D
 
-    log_d, g, m_prev = _chunk_gates(BCUM, IGATE, SEG, M_ST, bh, b, ci, NC, CHUNK, HAS_SEG)
-    m_row = tl.maximum(g, tl.max(log_d, axis=1))
-    # padding rows of a lone first chunk see nothing at all (m_row = -inf); keep them finite
-    m_row = tl.where(m_row == NEG_INF, 0.0, m_row)
-    p = tl.exp(log_d - m_row[:, None])
-    carry = tl.exp(g - m_row)
-
-    q_ptr = Q + b.to(tl.int64) * stride_qb + hh * stride_qh + t[:, None] * stride_qt
-    k_ptr = K + b.to(tl.int64) * stride_kb + hh * stride_kh + t[:, None] * stride_kt
-    st = bh.to(tl.int64) * (NC + 1) + ci
+    # 64-bit scalar bases, 32-bit offsets inside one (b, h) (see _bwd_chunk_kernel)
+    q_ptr = Q + b.to(tl.int64) * stride_qb + hh.to(tl.int64) * stride_qh
+    k_ptr = K + b.to(tl.int64) * stride_kb + hh.to(tl.int64) * stride_kh
+    rq, rk = t * stride_qt, t * stride_kt
+    c_in = C_ST + (bh.to(tl.int64) * (NC + 1) + ci) * D * D
+    n_in = N_ST + (bh.to(tl.int64) * (NC + 1) + ci) * D
     qk = tl.zeros((CHUNK, CHUNK), dtype=tl.float32)
     qc = tl.zeros((CHUNK, BLOCK_D), dtype=tl.float32)
     qn = tl.zeros((CHUNK,), dtype=tl.float32)
@@ -189,21 +186,27 @@ def _fwd_out_kernel(
         offs_k = kk + offs_d
         k_ok = offs_k < D
         lmask = row_ok[:, None] & k_ok[None, :]
-        qt = tl.load(q_ptr + offs_k[None, :], mask=lmask, other=0.0)
-        kt = tl.load(k_ptr + offs_k[None, :], mask=lmask, other=0.0)
+        qt = tl.load(q_ptr + rq[:, None] + offs_k[None, :], mask=lmask, other=0.0)
+        kt = tl.load(k_ptr + rk[:, None] + offs_k[None, :], mask=lmask, other=0.0)
         qk += tl.dot(qt, tl.trans(kt), input_precision=PRECISION)
-        ct = tl.load(C_ST + st * D * D + offs_k[:, None] * D + offs_v[None, :],
-                     mask=k_ok[:, None] & v_ok[None, :], other=0.0)
+        ct = tl.load(c_in + offs_k[:, None] * D + offs_v[None, :], mask=k_ok[:, None] & v_ok[None, :], other=0.0)
         qc += tl.dot(qt, ct.to(qt.dtype), input_precision=PRECISION)
-        nt = tl.load(N_ST + st * D + offs_k, mask=k_ok, other=0.0)
+        nt = tl.load(n_in + offs_k, mask=k_ok, other=0.0)
         qn += tl.sum(qt.to(tl.float32) * nt[None, :], axis=1)
-    s = qk * scale * p
-    vt = tl.load(V + b.to(tl.int64) * stride_vb + hh * stride_vh + t[:, None] * stride_vt + offs_v[None, :],
+
+    # the gate weights after the loop: fewer registers live while it runs
+    log_d, g, m_prev = _chunk_gates(BCUM, IGATE, SEG, M_ST, bh, b, ci, NC, CHUNK, HAS_SEG)
+    m_row = tl.maximum(g, tl.max(log_d, axis=1))
+    # padding rows of a lone first chunk see nothing at all (m_row = -inf); keep them finite
+    m_row = tl.where(m_row == NINF, 0.0, m_row)
+    s = qk * scale * tl.exp(log_d - m_row[:, None])
+    carry = tl.exp(g - m_row)
+    vt = tl.load(V + b.to(tl.int64) * stride_vb + hh.to(tl.int64) * stride_vh + (t * stride_vt)[:, None] + offs_v[None, :],
                  mask=row_ok[:, None] & v_ok[None, :], other=0.0)
     num = tl.dot(s.to(vt.dtype), vt, input_precision=PRECISION) + carry[:, None] * qc
     den = tl.sum(s, axis=1) + carry * qn
     h = num / tl.maximum(tl.abs(den), tl.exp(-m_row))[:, None]
-    o_ptr = OUT + b.to(tl.int64) * stride_ob + hh * stride_oh + t[:, None] * stride_ot + offs_v[None, :]
+    o_ptr = OUT + b.to(tl.int64) * stride_ob + hh.to(tl.int64) * stride_oh + (t * stride_ot)[:, None] + offs_v[None, :]
     tl.store(o_ptr, h.to(OUT.dtype.element_ty), mask=row_ok[:, None] & v_ok[None, :])
     if tv == 0:
         row = bh.to(tl.int64) * NC * CHUNK + t
@@ -235,8 +238,8 @@ def _bwd_state_kernel(
     offs_v = tv * BLOCK_D + tl.arange(0, BLOCK_D)
     k_ok = offs_k < D
     v_ok = offs_v < D
-    q_ptr = Q + b.to(tl.int64) * stride_qb + hh * stride_qh + offs_k[None, :]
-    dh_ptr = DH + b.to(tl.int64) * stride_db + hh * stride_dh + offs_v[None, :]
+    q_ptr = Q + b.to(tl.int64) * stride_qb + hh.to(tl.int64) * stride_qh
+    dh_ptr = DH + b.to(tl.int64) * stride_db + hh.to(tl.int64) * stride_dh
     gate = bh.to(tl.int64) * Tp
     st = bh.to(tl.int64) * NC
     c_off = offs_k[:, None] * D + offs_v[None, :]
@@ -260,12 +263,12 @@ def _bwd_state_kernel(
             sg = tl.load(SEG + b.to(tl.int64) * Tp + t)
             seg_prev = tl.load(SEG + b.to(tl.int64) * Tp + tl.maximum(ci * CHUNK - 1, 0))
             s_last = tl.load(SEG + b.to(tl.int64) * Tp + ci * CHUNK + CHUNK - 1)
-            g_row = tl.where(sg == seg_prev, g_row, NEG_INF)
-            g_state = tl.where(s_last == seg_prev, g_state, NEG_INF)
+            g_row = tl.where(sg == seg_prev, g_row, NINF)
+            g_state = tl.where(s_last == seg_prev, g_state, NINF)
         carry = tl.exp(g_row - tl.load(M_ROW + gate + t))
         row_ok = t < T
-        qt = tl.load(q_ptr + t[:, None] * stride_qt, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        dht = tl.load(dh_ptr + t[:, None] * stride_dt, mask=row_ok[:, None] & v_ok[None, :], other=0.0)
+        qt = tl.load(q_ptr + (t * stride_qt)[:, None] + offs_k[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        dht = tl.load(dh_ptr + (t * stride_dt)[:, None] + offs_v[None, :], mask=row_ok[:, None] & v_ok[None, :], other=0.0)
         qw = qt.to(tl.float32) * carry[:, None]
         dnum = dht.to(tl.float32) * tl.load(INV_M + gate + t)[:, None]
         decay = tl.exp(g_state)
@@ -298,28 +301,17 @@ def _bwd_chunk_kernel(
     offs_o = td * BLOCK_D + offs_d  # this program's output columns
     o_ok = offs_o < D
 
-    log_d, g, m_prev = _chunk_gates(BCUM, IGATE, SEG, M_ST, bh, b, ci, NC, CHUNK, HAS_SEG)
-    m_row = tl.load(M_ROW + gate + t)
-    p = tl.exp(log_d - m_row[:, None])
-    carry = tl.exp(g - m_row)
-    inv_m = tl.load(INV_M + gate + t)
-    dden = tl.load(DDEN + gate + t)
-    # weight of token j in the state at the chunk end (stabilised by that state's m)
-    b_last = tl.load(BCUM + gate + ci * CHUNK + CHUNK - 1)
-    m_next = tl.load(M_ST + bh.to(tl.int64) * (NC + 1) + ci + 1)
-    a = b_last - tl.load(BCUM + gate + t) + tl.load(IGATE + gate + t)
-    if HAS_SEG:
-        sg = tl.load(SEG + b.to(tl.int64) * Tp + t)
-        s_last = tl.load(SEG + b.to(tl.int64) * Tp + ci * CHUNK + CHUNK - 1)
-        a = tl.where(sg == s_last, a, NEG_INF)
-    w = tl.exp(a - m_next)
-
-    q_ptr = Q + b.to(tl.int64) * stride_qb + hh * stride_qh + t[:, None] * stride_qt
-    k_ptr = K + b.to(tl.int64) * stride_kb + hh * stride_kh + t[:, None] * stride_kt
-    v_ptr = V + b.to(tl.int64) * stride_vb + hh * stride_vh + t[:, None] * stride_vt
-    dh_ptr = DH + b.to(tl.int64) * stride_db + hh * stride_dh + t[:, None] * stride_dt
-    st_in = bh.to(tl.int64) * (NC + 1) + ci  # state entering the chunk
-    st_end = bh.to(tl.int64) * NC + ci  # gradient of the state at its end
+    # 64-bit scalar bases, 32-bit offsets inside one (b, h): (L, BLOCK_D) tiles of 64-bit pointers
+    # kept live across the loops would cost 32 registers each
+    q_ptr = Q + b.to(tl.int64) * stride_qb + hh.to(tl.int64) * stride_qh
+    k_ptr = K + b.to(tl.int64) * stride_kb + hh.to(tl.int64) * stride_kh
+    v_ptr = V + b.to(tl.int64) * stride_vb + hh.to(tl.int64) * stride_vh
+    dh_ptr = DH + b.to(tl.int64) * stride_db + hh.to(tl.int64) * stride_dh
+    rq, rk, rv, rd = t * stride_qt, t * stride_kt, t * stride_vt, t * stride_dt
+    c_in = C_ST + (bh.to(tl.int64) * (NC + 1) + ci) * D * D  # state entering the chunk
+    dc_end = DC_ST + (bh.to(tl.int64) * NC + ci) * D * D  # gradient of the state at its end
+    n_in = N_ST + (bh.to(tl.int64) * (NC + 1) + ci) * D
+    dn_end = DN_ST + (bh.to(tl.int64) * NC + ci) * D
 
     # pass 1 over the head dim: q k^T and dnum v^T
     qk = tl.zeros((CHUNK, CHUNK), dtype=tl.float32)
@@ -327,66 +319,83 @@ def _bwd_chunk_kernel(
     for kk in range(0, D, BLOCK_D):
         cols = kk + offs_d
         lmask = row_ok[:, None] & (cols < D)[None, :]
-        qt = tl.load(q_ptr + cols[None, :], mask=lmask, other=0.0)
-        kt = tl.load(k_ptr + cols[None, :], mask=lmask, other=0.0)
-        vt = tl.load(v_ptr + cols[None, :], mask=lmask, other=0.0)
-        dht = tl.load(dh_ptr + cols[None, :], mask=lmask, other=0.0)
+        qt = tl.load(q_ptr + rq[:, None] + cols[None, :], mask=lmask, other=0.0)
+        kt = tl.load(k_ptr + rk[:, None] + cols[None, :], mask=lmask, other=0.0)
         qk += tl.dot(qt, tl.trans(kt), input_precision=PRECISION)
+        vt = tl.load(v_ptr + rv[:, None] + cols[None, :], mask=lmask, other=0.0)
+        dht = tl.load(dh_ptr + rd[:, None] + cols[None, :], mask=lmask, other=0.0)
         dnv += tl.dot(dht, tl.trans(vt), input_precision=PRECISION)
-    s = qk * scale * p  # scores as in the forward
+    # the gate weights only now, after the loop: fewer registers live while it runs
+    log_d, g, m_prev = _chunk_gates(BCUM, IGATE, SEG, M_ST, bh, b, ci, NC, CHUNK, HAS_SEG)
+    m_row = tl.load(M_ROW + gate + t)
+    p = tl.exp(log_d - m_row[:, None])
+    inv_m = tl.load(INV_M + gate + t)
+    dden = tl.load(DDEN + gate + t)
+    dt = Q.dtype.element_ty
+    # both (L, L) matrices are only matmul operands from here on: keep them in the input dtype
+    s = (qk * scale * p).to(dt)  # scores as in the forward
     ds = dnv * inv_m[:, None] + dden[:, None]  # dL/ds_sj = dnum_s.v_j + dden_s
-    dsp = ds * p * scale  # dL/d(q_s.k_j)
+    dsp = (ds * p * scale).to(dt)  # dL/d(q_s.k_j)
+
+    carry = tl.exp(g - m_row)
+    # weight of token j in the state at the chunk end (stabilised by that state's m)
+    b_last = tl.load(BCUM + gate + ci * CHUNK + CHUNK - 1)
+    m_next = tl.load(M_ST + bh.to(tl.int64) * (NC + 1) + ci + 1)
+    a = b_last - tl.load(BCUM + gate + t) + tl.load(IGATE + gate + t)
+    if HAS_SEG:
+        sg = tl.load(SEG + b.to(tl.int64) * Tp + t)
+        s_last = tl.load(SEG + b.to(tl.int64) * Tp + ci * CHUNK + CHUNK - 1)
+        a = tl.where(sg == s_last, a, NINF)
+    w = tl.exp(a - m_next)
 
     omask = row_ok[:, None] & o_ok[None, :]
-    q_o = tl.load(q_ptr + offs_o[None, :], mask=omask, other=0.0)
-    k_o = tl.load(k_ptr + offs_o[None, :], mask=omask, other=0.0)
-    dh_o = tl.load(dh_ptr + offs_o[None, :], mask=omask, other=0.0)
-    dt = q_o.dtype
+    # each gradient is stored as soon as it is complete (fewer live registers); dq, dk, dv are
+    # contiguous (B*H, Tp, D), the row sums (tiles, B*H, Tp)
+    g_base = (bh.to(tl.int64) * Tp + ci * CHUNK) * D
+    rsum = QDQ + (td.to(tl.int64) * tl.num_programs(2) + bh) * Tp + t
+    ksum = KDK + (td.to(tl.int64) * tl.num_programs(2) + bh) * Tp + t
 
     # dq = dsp k + carry (C~ dnum + dden n~)
     acc = tl.zeros((CHUNK, BLOCK_D), dtype=tl.float32)
     for kk in range(0, D, BLOCK_D):
         cols = kk + offs_d
         c_ok = cols < D
-        dht = tl.load(dh_ptr + cols[None, :], mask=row_ok[:, None] & c_ok[None, :], other=0.0)
+        dht = tl.load(dh_ptr + rd[:, None] + cols[None, :], mask=row_ok[:, None] & c_ok[None, :], other=0.0)
         dnum = (dht.to(tl.float32) * inv_m[:, None]).to(dt)
-        ct = tl.load(C_ST + st_in * D * D + offs_o[:, None] * D + cols[None, :],
-                     mask=o_ok[:, None] & c_ok[None, :], other=0.0)  # C~[o, cols]
-        acc += tl.dot(dnum, tl.trans(ct.to(dt)), input_precision=PRECISION)
-    n_o = tl.load(N_ST + st_in * D + offs_o, mask=o_ok, other=0.0)
-    dq = tl.dot(dsp.to(dt), k_o, input_precision=PRECISION) + carry[:, None] * (acc + dden[:, None] * n_o[None, :])
+        ct = tl.load(c_in + offs_o[:, None] * D + cols[None, :], mask=o_ok[:, None] & c_ok[None, :], other=0.0)
+        acc += tl.dot(dnum, tl.trans(ct.to(dt)), input_precision=PRECISION)  # C~[o, cols]
+    n_o = tl.load(n_in + offs_o, mask=o_ok, other=0.0)
+    k_o = tl.load(k_ptr + rk[:, None] + offs_o[None, :], mask=omask, other=0.0)
+    dq = tl.dot(dsp, k_o, input_precision=PRECISION) + carry[:, None] * (acc + dden[:, None] * n_o[None, :])
+    q_o = tl.load(q_ptr + rq[:, None] + offs_o[None, :], mask=omask, other=0.0)
+    tl.store(rsum, tl.sum(q_o.to(tl.float32) * dq, axis=1))
+    tl.store(DQ + g_base + offs_t[:, None] * D + offs_o[None, :], dq.to(DQ.dtype.element_ty), mask=omask)
 
     # dk = scale (dsp^T q + w (dC~_end v + dn~_end))
     acc = tl.zeros((CHUNK, BLOCK_D), dtype=tl.float32)
     for kk in range(0, D, BLOCK_D):
         cols = kk + offs_d
         c_ok = cols < D
-        vt = tl.load(v_ptr + cols[None, :], mask=row_ok[:, None] & c_ok[None, :], other=0.0)
-        dct = tl.load(DC_ST + st_end * D * D + offs_o[:, None] * D + cols[None, :],
-                      mask=o_ok[:, None] & c_ok[None, :], other=0.0)  # dC~[o, cols]
-        acc += tl.dot(vt, tl.trans(dct.to(dt)), input_precision=PRECISION)
-    dn_o = tl.load(DN_ST + st_end * D + offs_o, mask=o_ok, other=0.0)
-    dk = tl.dot(tl.trans(dsp.to(dt)), q_o, input_precision=PRECISION) + (w * scale)[:, None] * (acc + dn_o[None, :])
+        vt = tl.load(v_ptr + rv[:, None] + cols[None, :], mask=row_ok[:, None] & c_ok[None, :], other=0.0)
+        dct = tl.load(dc_end + offs_o[:, None] * D + cols[None, :], mask=o_ok[:, None] & c_ok[None, :], other=0.0)
+        acc += tl.dot(vt, tl.trans(dct.to(dt)), input_precision=PRECISION)  # dC~[o, cols]
+    dn_o = tl.load(dn_end + offs_o, mask=o_ok, other=0.0)
+    dk = tl.dot(tl.trans(dsp), q_o, input_precision=PRECISION) + (w * scale)[:, None] * (acc + dn_o[None, :])
+    tl.store(ksum, tl.sum(k_o.to(tl.float32) * dk, axis=1))
+    tl.store(DK + g_base + offs_t[:, None] * D + offs_o[None, :], dk.to(DK.dtype.element_ty), mask=omask)
 
     # dv = s^T dnum + w (scale k) dC~_end[:, o]
     acc = tl.zeros((CHUNK, BLOCK_D), dtype=tl.float32)
     for kk in range(0, D, BLOCK_D):
         cols = kk + offs_d
         c_ok = cols < D
-        kt = tl.load(k_ptr + cols[None, :], mask=row_ok[:, None] & c_ok[None, :], other=0.0)
-        dct = tl.load(DC_ST + st_end * D * D + cols[:, None] * D + offs_o[None, :],
-                      mask=c_ok[:, None] & o_ok[None, :], other=0.0)  # dC~[cols, o]
-        acc += tl.dot(kt, dct.to(dt), input_precision=PRECISION)
+        kt = tl.load(k_ptr + rk[:, None] + cols[None, :], mask=row_ok[:, None] & c_ok[None, :], other=0.0)
+        dct = tl.load(dc_end + cols[:, None] * D + offs_o[None, :], mask=c_ok[:, None] & o_ok[None, :], other=0.0)
+        acc += tl.dot(kt, dct.to(dt), input_precision=PRECISION)  # dC~[cols, o]
+    dh_o = tl.load(dh_ptr + rd[:, None] + offs_o[None, :], mask=omask, other=0.0)
     dnum_o = (dh_o.to(tl.float32) * inv_m[:, None]).to(dt)
-    dv = tl.dot(tl.trans(s.to(dt)), dnum_o, input_precision=PRECISION) + (w * scale)[:, None] * acc
-
-    out = td.to(tl.int64) * (tl.num_programs(2) * Tp) + gate + t  # (tiles, B*H, Tp) partial row sums
-    tl.store(QDQ + out, tl.sum(q_o.to(tl.float32) * dq, axis=1))
-    tl.store(KDK + out, tl.sum(k_o.to(tl.float32) * dk, axis=1))
-    g_off = (bh.to(tl.int64) * Tp + t)[:, None] * D + offs_o[None, :]  # dq, dk, dv: contiguous (B, H, Tp, D)
-    tl.store(DQ + g_off, dq.to(DQ.dtype.element_ty), mask=omask)
-    tl.store(DK + g_off, dk.to(DK.dtype.element_ty), mask=omask)
-    tl.store(DV + g_off, dv.to(DV.dtype.element_ty), mask=omask)
+    dv = tl.dot(tl.trans(s), dnum_o, input_precision=PRECISION) + (w * scale)[:, None] * acc
+    tl.store(DV + g_base + offs_t[:, None] * D + offs_o[None, :], dv.to(DV.dtype.element_ty), mask=omask)
 
 
 # --------------------------------------------------------------------------------------------------
