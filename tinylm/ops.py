@@ -196,16 +196,18 @@ def layer_norm(
 
 # What "auto" sends to the chunkwise mLSTM kernel (tinylm.kernels.mlstm): bf16/fp16 inputs (fp32
 # runs IEEE dots, for accuracy checks), head dims that are multiples of 16 up to 256 (the shipped
-# configs: 48, 192, 256; `make test-aot` compiles them spill-free for sm_80/sm_90), and the chunk
-# sizes the kernel is compiled for. Everything else runs the model's own chunkwise form.
+# configs: 48, 192, 256), and chunk size 64 (every shipped config): the specialisations
+# `make test-aot` compiles spill-free for sm_80 and sm_90 (kernels.mlstm.aot_variants). Other chunk
+# sizes the kernel takes (16, 32, 128) run only with kernels=triton; everything else runs the
+# model's own chunkwise form.
 MLSTM_AUTO_MAX_HEAD_DIM = 256
-MLSTM_KERNEL_CHUNKS = (16, 32, 64, 128)
+MLSTM_AUTO_CHUNKS = (64,)
 
 
 def mlstm_suits_kernel(head_dim: int, chunk_size: int, dtype: torch.dtype) -> bool:
     """Whether "auto" runs an mLSTM cell of this shape in Triton."""
     return (dtype in (torch.float16, torch.bfloat16) and head_dim % 16 == 0
-            and head_dim <= MLSTM_AUTO_MAX_HEAD_DIM and chunk_size in MLSTM_KERNEL_CHUNKS)
+            and head_dim <= MLSTM_AUTO_MAX_HEAD_DIM and chunk_size in MLSTM_AUTO_CHUNKS)
 
 
 def mlstm_cell(q, k, v, i_pre, f_pre, form: str = "chunkwise", forget_gate: str = "sigmoid",

@@ -123,6 +123,10 @@ def test_ops_routing():
     assert ops.mlstm_suits_kernel(256, 64, torch.bfloat16) and ops.mlstm_suits_kernel(48, 64, torch.float16)
     assert not ops.mlstm_suits_kernel(64, 64, torch.float32)  # fp32: IEEE dots, forced only
     assert not ops.mlstm_suits_kernel(64, 48, torch.bfloat16)  # no compiled chunk of 48
+    assert not ops.mlstm_suits_kernel(64, 32, torch.bfloat16)  # compiles, but not AOT-checked
+    # auto routes only what `make test-aot` checks (kernels.mlstm.aot_variants)
+    assert set(ops.MLSTM_AUTO_CHUNKS) <= set(kmod.AOT_CHUNKS)
+    assert all(ops.mlstm_suits_kernel(D, 64, torch.bfloat16) for D in kmod.AOT_HEAD_DIMS)
     assert not ops.mlstm_suits_kernel(320, 64, torch.bfloat16)
 
 
