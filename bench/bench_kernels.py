@@ -11,11 +11,15 @@ speedup over a PyTorch baseline measured in the same run (speedup = baseline tim
 - LayerNorm, bf16, fwd and fwd+bwd vs eager nn.LayerNorm and torch.compile'd F.layer_norm (GB/s,
   next to the card's copy bandwidth measured here);
 - fused linear cross-entropy, bf16 fwd+bwd vs eager and compiled head + F.cross_entropy (time and
-  peak memory; bench/bench_kernels_ce.py).
+  peak memory; bench/bench_kernels_ce.py);
+- the chunkwise mLSTM cell (tinylm.kernels.mlstm), bf16 under autocast, fwd and fwd+bwd at
+  B16 H12 D64 and T = 1024, 4096, 8192 (Mtok/s) vs the model's native chunkwise PyTorch form, vs
+  the fastest Triton chunkwise backend of the `mlstm_kernels` package when it is installed (a
+  printed line says so when not), and vs causal SDPA attention of the same shape.
 
 The table goes to stdout and, as markdown, to --out (a CSV with the same rows next to it).
 
-    python bench/bench_kernels.py [--only attention doc layernorm ce] [--out PATH]
+    python bench/bench_kernels.py [--only attention doc layernorm ce mlstm] [--out PATH]
 
 Needs a CUDA GPU; without one it says so and exits 0.
 """
@@ -33,7 +37,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-SECTIONS = ("attention", "doc", "layernorm", "ce")
+SECTIONS = ("attention", "doc", "layernorm", "ce", "mlstm")
 RESULTS_DIR = Path(os.environ.get("TINYLM_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")  # see report.py
 
 # (B, H, T, D, causal, padding mask)
@@ -46,6 +50,11 @@ ATTN_SHAPES = [
 ]
 DOC_SHAPE = (8, 12, 2048, 64, 8)  # B, H, T, D, documents per row
 LN_SHAPES = [(16384, 512), (16384, 768), (16384, 1024), (4096, 4096)]
+MLSTM_SHAPES = [(16, 12, T, 64) for T in (1024, 4096, 8192)]  # B, H, T, D (issue 10's goal shape)
+MLSTM_CHUNK = 64  # model.mlstm_chunk_size of the shipped configs
+# mlstm_kernels' Triton chunkwise backends, fastest first as far as its authors say; every one that
+# imports is timed and the fastest counts as the baseline
+MLSTM_KERNELS_BACKENDS = ("chunkwise--triton_xl_chunk", "chunkwise--triton_limit_chunk")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -158,6 +167,11 @@ def goal_for(section: str, case: dict, pass_: str, baseline: str) -> tuple[str, 
             return ">= 1.3x SDPA", 1.3, "speedup"
     if section == "doc" and baseline.startswith("flex"):
         return ">= 2x Flex", 2.0, "speedup"
+    if section == "mlstm":
+        if baseline.startswith("mlstm_kernels"):
+            return ">= 2x mlstm_kernels", 2.0, "speedup"
+        if baseline == "SDPA causal" and case["T"] >= 4096:
+            return ">= 1.0x SDPA", 1.0, "speedup"
     if section == "layernorm":
         if baseline == "eager" and case["N"] <= 1024:
             return ">= 1.5x eager", 1.5, "speedup"
@@ -167,8 +181,8 @@ def goal_for(section: str, case: dict, pass_: str, baseline: str) -> tuple[str, 
 
 
 def make_row(section, case, case_name, pass_, baseline, ours_ms, base_ms, unit, work) -> Row:
-    """work: FLOPs (unit TFLOP/s) or bytes (unit GB/s) of one call, the same for both sides."""
-    scale = 1e-12 if unit == "TFLOP/s" else 1e-9
+    """work: FLOPs (unit TFLOP/s), bytes (GB/s) or tokens (Mtok/s) of one call, the same for both sides."""
+    scale = {"TFLOP/s": 1e-12, "GB/s": 1e-9, "Mtok/s": 1e-6}[unit]
     rate = lambda ms: work * scale / (ms * 1e-3) if ms > 0 else float("nan")  # noqa: E731
     row = Row(section, case_name, pass_, baseline, ours_ms, base_ms, unit, rate(ours_ms),
               rate(base_ms))
@@ -342,6 +356,80 @@ def bench_layernorm(args, rows):
                                      times[impl], "GB/s", nbytes[pass_]))
 
 
+def _mlstm_kernels_baseline():
+    """{name: fn(q, k, v, i, f) -> h} for the mlstm_kernels Triton chunkwise backends that load."""
+    try:
+        from mlstm_kernels.torch import get_mlstm_kernel
+    except Exception as e:  # not installed (it is not a tinylm dependency)
+        print(f"  mlstm_kernels not importable ({type(e).__name__}: {e}); skipping that baseline", flush=True)
+        return {}
+    out = {}
+    for name in MLSTM_KERNELS_BACKENDS:
+        try:
+            out[name] = get_mlstm_kernel(name)
+        except Exception as e:
+            print(f"  mlstm_kernels backend {name} unavailable: {type(e).__name__}: {e}", flush=True)
+    return out
+
+
+def bench_mlstm(args, rows):
+    import torch
+    import torch.nn.functional as F
+
+    from tinylm import ops
+    from tinylm.models.mlstm import mlstm_cell
+
+    theirs = _mlstm_kernels_baseline()
+    for B, H, T, D in MLSTM_SHAPES:
+        g = torch.Generator(device="cuda").manual_seed(0)
+        q, k, v, dh = (torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16, generator=g)
+                       for _ in range(4))
+        i_pre = torch.randn(B, H, T, device="cuda", generator=g)
+        f_pre = torch.randn(B, H, T, device="cuda", generator=g) + 3.0  # sigmoid forget gate near init
+        leaves = [q, k, v, i_pre, f_pre]
+        for t in leaves:
+            t.requires_grad_()
+
+        def under_autocast(fn):  # as in training: bf16 autocast, fp32 gates
+            def run():
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    return fn()
+            return run
+
+        impls = {
+            "ours": under_autocast(lambda: ops.mlstm_cell(q, k, v, i_pre, f_pre, "chunkwise", "sigmoid", MLSTM_CHUNK,
+                                                          backend="triton")[0]),
+            "native chunkwise": under_autocast(lambda: mlstm_cell(q, k, v, i_pre, f_pre, "chunkwise", "sigmoid",
+                                                                  MLSTM_CHUNK)[0]),
+            "SDPA causal": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+        }
+        for name, fn in theirs.items():
+            # their interface: f is the forget gate pre-activation (log-sigmoid inside), i the input one
+            impls[f"mlstm_kernels {name.split('--')[1]}"] = (lambda fn=fn: fn(q=q, k=k, v=v, i=i_pre.to(q.dtype),
+                                                                               f=f_pre.to(q.dtype)))
+        case = dict(B=B, H=H, T=T, D=D)
+        cname = f"B{B} H{H} T{T} D{D} L{MLSTM_CHUNK}"
+        print(f"mlstm {cname}", flush=True)
+        for pass_ in ("fwd", "fwd+bwd"):
+            times = {}
+            for impl, f in impls.items():
+                if pass_ == "fwd+bwd":
+                    times[impl] = _bench(_fwd_bwd(f, dh), args, leaves)
+                else:
+                    with torch.no_grad():
+                        times[impl] = _bench(f, args)
+            best_theirs = min((n for n in times if n.startswith("mlstm_kernels")), key=lambda n: times[n],
+                              default=None)
+            for impl in impls:
+                if impl == "ours" or (impl.startswith("mlstm_kernels") and impl != best_theirs):
+                    continue
+                label = impl if not impl.startswith("mlstm_kernels") else f"{impl} (fastest of {len(theirs)})"
+                rows.append(make_row("mlstm", case, cname, pass_, label, times["ours"], times[impl],
+                                     "Mtok/s", B * T))
+        del q, k, v, dh, i_pre, f_pre, leaves, impls
+        torch.cuda.empty_cache()
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
@@ -378,6 +466,8 @@ def main(argv=None) -> int:
         from bench_kernels_ce import bench_fused_ce
 
         bench_fused_ce(args, rows, Row, _bench)
+    if "mlstm" in args.only:
+        bench_mlstm(args, rows)
 
     print()
     print("\n".join(f"{k}: {v}" for k, v in header.items()))

@@ -1,13 +1,15 @@
 """Training throughput of tinylm's models against plain PyTorch models of the same shape, same process.
 
     python bench/bench_train.py                       # CUDA: GPT at 124M and ~30M, BERT and mLSTM at ~30M
+    python bench/bench_train.py --families mlstm --shapes mlstm_30m   # conf/model/mlstm_30m itself
     python bench/bench_train.py --families gpt --shapes tiny --steps 20
 
 On CUDA, everything in bf16 autocast + torch.compile, at each (family, shape):
   - tinylm with kernels=triton  vs  the plain model (nn.LayerNorm + F.scaled_dot_product_attention;
     causal for gpt, bidirectional for bert; for mlstm the plain GPT of the same width and depth,
     the transformer it would replace)
-  - tinylm with kernels=triton  vs  tinylm with kernels=torch
+  - tinylm with kernels=triton  vs  tinylm with kernels=torch (for mlstm this includes the
+    chunkwise mLSTM kernel against the native chunkwise form)
 and prints tokens/s, MFU and the ratios. On CPU (no compile, fp32) it compares tinylm[torch]
 against the plain model at the tiny shape. A table goes to stdout and to bench/results/.
 """
@@ -35,6 +37,9 @@ SHAPES = {  # name: (n_layer, n_head, d_model, seq_len, batch, vocab)
     "124m": (12, 12, 768, 1024, 16, 50304),
     "30m": (8, 8, 512, 512, 32, 16384),
     "tiny": (4, 4, 128, 128, 32, 2048),
+    # conf/model/mlstm_30m.yaml itself (4 heads of 256: the mLSTM kernel's widest head) at the
+    # BabyLM experiments' sequence length and batch
+    "mlstm_30m": (16, 4, 512, 512, 32, 16384),
 }
 
 

@@ -262,6 +262,7 @@ def ci_variants(only=None) -> list[Variant]:
         "_attn_fwd_kernel bf16 D64 causal+doc M128 N128 w8 s2",
         "_attn_bwd_dkdv_kernel bf16 D64 causal+doc M64 N128 w8 s3",
         "fused_ce_lse_grad_kernel bf16",
+        "mlstm_bwd_chunk bf16 D256 L64 doc",
     ]
     from tinylm import ops
 

@@ -1,6 +1,6 @@
-"""The two hot-path operations every model calls, with one dispatch point.
+"""The hot-path operations the models call, with one dispatch point.
 
-`attention` and `layer_norm` run either the PyTorch reference (always available, the CPU path and
+`attention`, `layer_norm`, `linear_cross_entropy` and `mlstm_cell` run either the PyTorch reference (always available, the CPU path and
 the test oracle) or the Triton kernels in kernels/ (installed as `tinylm.kernels`). Backends:
 
 - "auto":   Triton for CUDA tensors when triton imports, PyTorch otherwise;
@@ -189,6 +189,44 @@ def layer_norm(
 
         return fused_layer_norm(x, weight, bias, eps, residual)
     return layer_norm_reference(x, weight, bias, eps, residual)
+
+
+# --------------------------------------------------------------------------------------------------
+# the mLSTM cell
+
+# What "auto" sends to the chunkwise mLSTM kernel (tinylm.kernels.mlstm): bf16/fp16 inputs (fp32
+# runs IEEE dots, for accuracy checks), head dims that are multiples of 16 up to 256 (the shipped
+# configs: 48, 192, 256), and chunk size 64 (every shipped config): the specialisations
+# `make test-aot` compiles spill-free for sm_80 and sm_90 (kernels.mlstm.aot_variants). Other chunk
+# sizes the kernel takes (16, 32, 128) run only with kernels=triton; everything else runs the
+# model's own chunkwise form.
+MLSTM_AUTO_MAX_HEAD_DIM = 256
+MLSTM_AUTO_CHUNKS = (64,)
+
+
+def mlstm_suits_kernel(head_dim: int, chunk_size: int, dtype: torch.dtype) -> bool:
+    """Whether "auto" runs an mLSTM cell of this shape in Triton."""
+    return (dtype in (torch.float16, torch.bfloat16) and head_dim % 16 == 0
+            and head_dim <= MLSTM_AUTO_MAX_HEAD_DIM and chunk_size in MLSTM_AUTO_CHUNKS)
+
+
+def mlstm_cell(q, k, v, i_pre, f_pre, form: str = "chunkwise", forget_gate: str = "sigmoid",
+               chunk_size: int = 64, state=None, seg=None, backend: str = "auto"):
+    """The mLSTM cell (tinylm.models.mlstm.mlstm_cell, same arguments and results).
+
+    The Triton kernel computes the chunkwise form from the empty memory: calls with another form
+    or with a carried `state` (generation's recurrent steps) always run the model's own code, on
+    every backend. The kernel's returned final state is detached (generation needs no gradient).
+    """
+    from tinylm.models import mlstm as native
+
+    if form == "chunkwise" and state is None:
+        suits = mlstm_suits_kernel(q.shape[-1], chunk_size, q.dtype)
+        if _resolve(backend, q, triton_suits=suits) == "triton":
+            from tinylm.kernels.mlstm import mlstm_chunkwise
+
+            return mlstm_chunkwise(q, k, v, i_pre, native.log_forget_gate(f_pre, forget_gate), seg, chunk_size)
+    return native.mlstm_cell(q, k, v, i_pre, f_pre, form, forget_gate, chunk_size, state, seg)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -317,8 +317,9 @@ class MLSTMLayer(nn.Module):
         gates = gates.to(torch.promote_types(gates.dtype, torch.float32))  # at least float32 (bf16 autocast)
         i_pre, f_pre = gates.transpose(1, 2).chunk(2, dim=1)  # (B, H, T) each
         q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
-        h, cell_state = mlstm_cell(q, k, v, i_pre, f_pre, form, self.cfg.mlstm_forget_gate, chunk_size,
-                                   None if state is None else state["cell"], seg)
+        # through tinylm.ops: the Triton chunkwise kernel on CUDA, this module's forms otherwise
+        h, cell_state = ops.mlstm_cell(q, k, v, i_pre, f_pre, form, self.cfg.mlstm_forget_gate, chunk_size,
+                                       None if state is None else state["cell"], seg)
         h = h.transpose(1, 2)  # (B, T, H, D)
         h = ops.layer_norm(h, None, None, self.cfg.norm_eps).reshape(B, T, E) * self.norm_weight  # per-head norm
         h = (h + self.skip * c) * F.silu(z)  # output gate: SiLU of the other branch
