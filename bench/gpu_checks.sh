@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every GPU check in one go, for a single call on a lent H100/H200 (or any CUDA box):
 #   1. the tests marked `gpu` (bf16, real autotuning) for the Triton kernels;
-#   2. bench/bench_kernels.py: attention, LayerNorm and fused linear cross-entropy (time and peak
-#      memory) against PyTorch (eager and compiled), ratios in the same run;
+#   2. bench/bench_kernels.py: attention, BERT's relative attention (vs SDPA with the dense bias and
+#      FlexAttention), LayerNorm and fused linear cross-entropy (time and peak memory) against
+#      PyTorch (eager and compiled), ratios in the same run;
 #   3. bench/bench_train.py: GPT training tokens/s and MFU, tinylm (Triton) against a plain
 #      compiled PyTorch GPT and against tinylm with kernels=torch, at 124M and ~30M shapes.
 # Results land in $OUT (the device tool's output folder) or bench/results/.
