@@ -472,23 +472,26 @@ def _rel_bwd_dq_kernel(
 _REL_KEY = _KEY + ["HAS_P2C", "BLOCK_R"]
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) per class, BLOCK_M = queries, BLOCK_N = keys. Chosen by
-# compiling for sm_80 and sm_90 (tinylm.kernels.aot) and keeping configs without register spills
-# at BLOCK_R = 64 (R = 63 in every shipped config). The interpreter blocks are small and unequal so
-# that the CPU tests cross block boundaries.
+# compiling for sm_80 and sm_90 (tinylm.kernels.aot) at BLOCK_R = 64 (R = 63 in every shipped
+# config) and keeping configs without register spills. They are smaller than attention.py's:
+# every tile also holds its bucket indices and gathered position terms, and the backward a
+# (rows, BLOCK_R) accumulator with its segment-sum gathers; 64 x 64 tiles spill at 4 and 8 warps.
+# The d128 and fp32 classes are reachable only with kernels=triton. The interpreter blocks are
+# small and unequal so that the CPU tests cross block boundaries.
 _fwd_kernel = _autotuned(_rel_fwd_kernel, {"BLOCK_M": 32, "BLOCK_N": 16}, {
-    "d64": [(128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 4, 3), (64, 32, 4, 3)],
-    "d128": [(64, 64, 8, 3), (64, 32, 4, 3)],
-    "fp32": [(64, 32, 4, 2), (32, 32, 4, 2)],
+    "d64": [(64, 32, 4, 3), (128, 32, 8, 3)],
+    "d128": [(64, 32, 4, 2)],
+    "fp32": [(32, 32, 4, 2)],
 }, key=_REL_KEY)
 _dkdv_kernel = _autotuned(_rel_bwd_dkdv_kernel, {"BLOCK_M": 16, "BLOCK_N": 32}, {
-    "d64": [(64, 64, 8, 2), (32, 64, 4, 2), (64, 32, 4, 2)],
-    "d128": [(32, 64, 8, 2), (32, 32, 4, 2)],
-    "fp32": [(32, 32, 4, 2), (16, 32, 4, 2)],
+    "d64": [(32, 32, 4, 2), (64, 32, 8, 2)],
+    "d128": [(32, 32, 4, 2)],
+    "fp32": [(32, 32, 4, 2)],
 }, key=_REL_KEY)
 _dq_kernel = _autotuned(_rel_bwd_dq_kernel, {"BLOCK_M": 32, "BLOCK_N": 16}, {
-    "d64": [(64, 64, 8, 2), (64, 32, 4, 2), (32, 64, 4, 2)],
-    "d128": [(64, 32, 8, 2), (32, 32, 4, 2)],
-    "fp32": [(32, 32, 4, 2), (32, 16, 4, 2)],
+    "d64": [(32, 32, 4, 2), (32, 64, 8, 2)],
+    "d128": [(32, 32, 4, 2)],
+    "fp32": [(32, 32, 4, 2)],
 }, key=_REL_KEY)
 
 
@@ -633,3 +636,83 @@ def relative_flash_attention(
         return torch.zeros_like(q).requires_grad_(q.requires_grad)
     table, dlo, dhi = bucket_tables(rel_buckets.to(q.device), R)
     return _RelativeAttention.apply(q, k, v, c2p, p2c, table, dlo, dhi, bool(causal), kpm, doc, float(scale))
+
+
+# --------------------------------------------------------------------------------------------------
+# ahead-of-time compile checks (tinylm.kernels.aot)
+
+# Mask combinations BERT launches: masked-LM batches (none, padding, packed documents with or
+# without padding) and the hybrid objective's causal rows.
+AOT_MASKS = {
+    "none": dict(IS_CAUSAL=False, HAS_KPM=False, HAS_DOC=False),
+    "pad": dict(IS_CAUSAL=False, HAS_KPM=True, HAS_DOC=False),
+    "pad+doc": dict(IS_CAUSAL=False, HAS_KPM=True, HAS_DOC=True),
+    "causal": dict(IS_CAUSAL=True, HAS_KPM=False, HAS_DOC=False),
+    "causal+pad": dict(IS_CAUSAL=True, HAS_KPM=True, HAS_DOC=False),
+    "causal+doc": dict(IS_CAUSAL=True, HAS_KPM=False, HAS_DOC=True),
+}
+# Head dims of the shipped BERT configs: 32 (bert_tiny), 64 (bert_10m, bert_30m, the BabyLM recipes).
+AOT_HEAD_DIMS = (32, 64)
+# (positions, R): LTG-BERT's c2p + p2c with 2 * 32 - 1 buckets, the simple sketch's fp32 per-head
+# bias over 32 T5 buckets.
+AOT_POSITIONS = {"ltg": (True, 63), "bias": (False, 32)}
+
+
+def aot_variants(make, dtypes):
+    """Every (dtype, head dim, mask, positions, autotune config) the BERT models can launch. fp32
+    inputs are forced_only (auto keeps them on PyTorch), as for attention.py."""
+    from tinylm.kernels.aot import _attention_configs
+
+    out = []
+    for act in ("bf16", "fp16", "fp32"):
+        a = dtypes[act]
+        for D in AOT_HEAD_DIMS:
+            BLOCK_D = max(16, triton.next_power_of_2(D))
+            for pos_name, (has_p2c, R) in AOT_POSITIONS.items():
+                if not has_p2c and act == "fp16":
+                    continue  # the bias path is the same code as bf16 with a fp32 table
+                c = a if has_p2c else "*fp32"  # the simple sketch's bias is an fp32 parameter
+                for mask_name, m in AOT_MASKS.items():
+                    kpm = "*i8" if m["HAS_KPM"] else "*fp32"
+                    doc = "*i32" if m["HAS_DOC"] else "*fp32"
+                    span = "*i32" if (m["HAS_KPM"] or m["HAS_DOC"]) else "*fp32"
+                    common = dict(HEAD_DIM=D, BLOCK_D=BLOCK_D, BLOCK_R=_block_r(R), BKT_PAD=BKT_PAD, **m,
+                                  HAS_P2C=has_p2c, PRECISION="tf32x3" if act == "fp32" else "tf32")
+                    fstrides = [f"stride_{t}{s}" for t in ("q", "k", "v", "o", "c", "p") for s in "bht"]
+                    bstrides = [f"stride_{t}{s}" for t in ("q", "k", "v", "do", "c", "p", "g") for s in "bht"]
+                    kernels = {
+                        "_fwd_kernel": [
+                            ("Q", a), ("K", a), ("V", a), ("C2P", c), ("P2C", c), ("BKT", "*i32"), ("O", a),
+                            ("LSE", "*fp32"), ("KPM", kpm), ("DOC", doc), ("KSPAN_LO", span), ("KSPAN_HI", span),
+                            *[(s, "i32") for s in fstrides],
+                            ("H", "i32"), ("T", "i32"), ("T_BUCKET", "i32"), ("qk_scale", "fp32")],
+                        "_dkdv_kernel": [
+                            ("Q", a), ("K", a), ("V", a), ("C2P", c), ("P2C", c), ("BKT", "*i32"), ("DLO", "*i32"),
+                            ("DHI", "*i32"), ("DO", a), ("DK", a), ("DV", a), ("DP2C", c), ("LSE", "*fp32"),
+                            ("Delta", "*fp32"), ("KPM", kpm), ("DOC", doc), ("QSPAN_LO", span), ("QSPAN_HI", span),
+                            *[(s, "i32") for s in bstrides],
+                            ("H", "i32"), ("T", "i32"), ("R", "i32"), ("T_BUCKET", "i32"), ("sm_scale", "fp32"),
+                            ("qk_scale", "fp32")],
+                        "_dq_kernel": [
+                            ("Q", a), ("K", a), ("V", a), ("C2P", c), ("P2C", c), ("BKT", "*i32"), ("DLO", "*i32"),
+                            ("DHI", "*i32"), ("DO", a), ("DQ", a), ("DC2P", c), ("LSE", "*fp32"),
+                            ("Delta", "*fp32"), ("KPM", kpm), ("DOC", doc), ("KSPAN_LO", span), ("KSPAN_HI", span),
+                            *[(s, "i32") for s in bstrides],
+                            ("H", "i32"), ("T", "i32"), ("R", "i32"), ("T_BUCKET", "i32"), ("sm_scale", "fp32"),
+                            ("qk_scale", "fp32")],
+                    }
+                    # contiguous (B, H, T, D) sequence strides are D: divisible by 16 when D is (the
+                    # (T, R) rows of c2p / p2c have an odd stride R = 63 and are not)
+                    aligned = [s for s in fstrides + bstrides
+                               if s.endswith("t") and s[7] not in "cp" and D % 16 == 0]
+                    for attr, types in kernels.items():
+                        tuner = globals()[attr]
+                        fn_name = tuner.fn.__name__
+                        for cfg in _attention_configs(tuner, act, D):
+                            BM, BN = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
+                            out.append(make(
+                                "bert_attention", fn_name,
+                                f"{fn_name} {act} D{D} {pos_name} {mask_name} M{BM} N{BN} w{cfg.num_warps} s{cfg.num_stages}",
+                                types, {**common, "BLOCK_M": BM, "BLOCK_N": BN}, cfg.num_warps, cfg.num_stages,
+                                act == "fp32", aligned=aligned))
+    return out
