@@ -8,6 +8,9 @@ speedup over a PyTorch baseline measured in the same run (speedup = baseline tim
   half of the dense work; padding-masked rows count the dense work, as SDPA does it);
 - document-masked causal attention vs FlexAttention (compiled, document+causal block mask) and vs
   SDPA with a dense boolean mask (TFLOP/s of useful in-document causal work only);
+- LTG-BERT's disentangled relative attention, bf16, fwd and fwd+bwd vs SDPA with the dense
+  (B, H, T, T) position bias (BERT's path before the kernel) and vs FlexAttention with a score_mod
+  (bench/bench_kernels_bert.py);
 - LayerNorm, bf16, fwd and fwd+bwd vs eager nn.LayerNorm and torch.compile'd F.layer_norm (GB/s,
   next to the card's copy bandwidth measured here);
 - fused linear cross-entropy, bf16 fwd+bwd vs eager and compiled head + F.cross_entropy (time and
@@ -19,7 +22,7 @@ speedup over a PyTorch baseline measured in the same run (speedup = baseline tim
 
 The table goes to stdout and, as markdown, to --out (a CSV with the same rows next to it).
 
-    python bench/bench_kernels.py [--only attention doc layernorm ce mlstm] [--out PATH]
+    python bench/bench_kernels.py [--only attention doc bert layernorm ce mlstm] [--out PATH]
 
 Needs a CUDA GPU; without one it says so and exits 0.
 """
@@ -37,7 +40,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-SECTIONS = ("attention", "doc", "layernorm", "ce", "mlstm")
+SECTIONS = ("attention", "doc", "bert", "layernorm", "ce", "mlstm")
 RESULTS_DIR = Path(os.environ.get("TINYLM_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")  # see report.py
 
 # (B, H, T, D, causal, padding mask)
@@ -460,6 +463,10 @@ def main(argv=None) -> int:
         bench_attention(args, rows)
     if "doc" in args.only:
         bench_doc(args, rows)
+    if "bert" in args.only:
+        from bench_kernels_bert import bench_bert_attention
+
+        bench_bert_attention(args, rows, make_row, _bench, _fwd_bwd)
     if "layernorm" in args.only:
         bench_layernorm(args, rows)
     if "ce" in args.only:

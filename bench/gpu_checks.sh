@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every GPU check in one go, for a single call on a lent H100/H200 (or any CUDA box):
 #   1. the tests marked `gpu` (bf16, real autotuning) for the Triton kernels;
-#   2. bench/bench_kernels.py: attention, LayerNorm and fused linear cross-entropy (time and peak
-#      memory) against PyTorch (eager and compiled), ratios in the same run; then, as its own call,
+#   2. bench/bench_kernels.py: attention, BERT's relative attention (vs SDPA with the dense bias and
+#      FlexAttention), LayerNorm and fused linear cross-entropy (time and peak memory) against
+#      PyTorch (eager and compiled), ratios in the same run; then, as its own call,
 #      the chunkwise mLSTM kernel vs the native chunkwise form, vs causal SDPA and vs the
 #      mlstm_kernels package's Triton backends (only if importable: carry its wheel and its
 #      dependencies in .whl/ too, e.g. pip download mlstm-kernels==2.0.6 into .whl);
@@ -27,7 +28,7 @@ $PY -c "import tinylm.kernels" 2>/dev/null || ln -sfn ../kernels tinylm/kernels
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu_info.txt"
 $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu_info.txt"
 timeout 240 $PY -m pytest -q -m gpu tests/kernels 2>&1 | tee "$OUT/gpu_tests.txt"
-timeout 240 $PY bench/bench_kernels.py --only attention doc layernorm ce --out "$OUT/kernels_gpu.md" 2>&1 | tee "$OUT/bench_kernels.log"
+timeout 240 $PY bench/bench_kernels.py --only attention doc bert layernorm ce --out "$OUT/kernels_gpu.md" 2>&1 | tee "$OUT/bench_kernels.log"
 timeout 150 $PY bench/bench_kernels.py --only mlstm --rep 50 --out "$OUT/kernels_mlstm_gpu.md" 2>&1 | tee "$OUT/bench_kernels_mlstm.log"
 timeout 240 $PY bench/bench_train.py --out "$OUT/train_gpu.md" 2>&1 | tee "$OUT/bench_train.log"
 timeout 150 $PY bench/bench_train.py --families mlstm --shapes mlstm_30m --out "$OUT/train_mlstm_gpu.md" 2>&1 | tee "$OUT/bench_train_mlstm.log"

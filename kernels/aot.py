@@ -225,6 +225,12 @@ def fused_ce_variants() -> list[Variant]:
     return fused_ce.aot_variants(_variant, DTYPES)
 
 
+def bert_attention_variants() -> list[Variant]:
+    from tinylm.kernels import bert_attention
+
+    return bert_attention.aot_variants(_variant, DTYPES)
+
+
 def mlstm_variants() -> list[Variant]:
     from tinylm.kernels import mlstm
 
@@ -234,6 +240,7 @@ def mlstm_variants() -> list[Variant]:
 FAMILIES = {
     "layer_norm": layer_norm_variants,
     "attention": attention_variants,
+    "bert_attention": bert_attention_variants,
     "fused_ce": fused_ce_variants,
     "mlstm": mlstm_variants,
 }
@@ -263,6 +270,7 @@ def ci_variants(only=None) -> list[Variant]:
         "_attn_bwd_dkdv_kernel bf16 D64 causal+doc M64 N128 w8 s3",
         "fused_ce_lse_grad_kernel bf16",
         "mlstm_bwd_chunk bf16 D256 L64 doc",
+        "_rel_bwd_dq_kernel bf16 D64 ltg pad+doc M32 N64 w8 s2",
     ]
     from tinylm import ops
 

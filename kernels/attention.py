@@ -458,9 +458,9 @@ def _attn_bwd_dq_kernel(
 _KEY = ["T_BUCKET", "HEAD_DIM", "IS_CAUSAL", "HAS_KPM", "HAS_DOC", "PRECISION"]
 
 
-def _autotuned(kernel, cpu, gpu):
+def _autotuned(kernel, cpu, gpu, key=_KEY):
     """Autotune `kernel` over the GPU configs of its class; one fixed config under the interpreter
-    (which cannot autotune).
+    (which cannot autotune). `key`: the argument names a new tuning depends on.
 
     gpu: {"d64" | "d128" | "fp32": [(BLOCK_M, BLOCK_N, num_warps, num_stages), ...]}, BLOCK_M =
     queries and BLOCK_N = keys in every kernel. The lists were chosen by compiling for sm_90 and
@@ -470,7 +470,7 @@ def _autotuned(kernel, cpu, gpu):
     block boundaries and cover the loop splits the GPU configs use.
     """
     if _INTERPRET:
-        return triton.autotune([triton.Config(cpu, num_warps=4, num_stages=1)], key=_KEY)(kernel)
+        return triton.autotune([triton.Config(cpu, num_warps=4, num_stages=1)], key=key)(kernel)
 
     def config_class(named_args, kwargs):
         args = {**named_args, **kwargs}
@@ -486,7 +486,7 @@ def _autotuned(kernel, cpu, gpu):
     every = sorted({c for cls in gpu.values() for c in cls})
     configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st)
                for m, n, w, st in every]
-    return triton.autotune(configs, key=_KEY, prune_configs_by={"early_config_prune": prune})(
+    return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": prune})(
         kernel)
 
 

@@ -106,7 +106,6 @@ def test_buckets_match_the_reference_and_hand_values():
 @pytest.mark.parametrize("case", ["plain", "padding+docs", "causal"])
 def test_attention_probabilities_and_output_match_the_reference(case):
     from tinylm import ops
-    from tinylm.models.bert import disentangled_attention
 
     cfg, model = small()
     B, T, C, H = 2, 13, 16, 2
@@ -128,8 +127,8 @@ def test_attention_probabilities_and_output_match_the_reference(case):
         q, k = (t.view(B, T, H, 8).transpose(1, 2) for t in (q, k))
         qp, kp = (t.view(-1, H, 8).transpose(0, 1) for t in (qp, kp))
         eye = torch.eye(T, dtype=torch.float64).expand(B, H, T, T)
-        probs = disentangled_attention(q, k, eye, q @ kp.transpose(-1, -2), k @ qp.transpose(-1, -2),
-                                       positions["buckets"], 1 / math.sqrt(3 * 8), allowed)
+        probs = ops.disentangled_attention(q, k, eye, q @ kp.transpose(-1, -2), k @ qp.transpose(-1, -2),
+                                           positions["buckets"], 1 / math.sqrt(3 * 8), **kw)
     torch.testing.assert_close(probs, want_probs, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 

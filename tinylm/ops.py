@@ -1,6 +1,7 @@
 """The hot-path operations the models call, with one dispatch point.
 
-`attention`, `layer_norm`, `linear_cross_entropy` and `mlstm_cell` run either the PyTorch reference (always available, the CPU path and
+`attention`, `disentangled_attention` (relative positions), `layer_norm`, `linear_cross_entropy` and
+`mlstm_cell` run either the PyTorch reference (always available, the CPU path and
 the test oracle) or the Triton kernels in kernels/ (installed as `tinylm.kernels`). Backends:
 
 - "auto":   Triton for CUDA tensors when triton imports, PyTorch otherwise;
@@ -143,6 +144,86 @@ def attention(
 
         return flash_attention(q, k, v, causal, key_padding_mask, doc_ids, scale)
     return attention_reference(q, k, v, causal, key_padding_mask, doc_ids, scale)
+
+
+# --------------------------------------------------------------------------------------------------
+# relative-position attention (LTG-BERT's disentangled attention; a per-head bucket bias)
+
+# Most relative-position indices R "auto" sends to the kernel: its backward holds a (block, R)
+# accumulator and (block, R) gathers in registers; `make test-aot` checks R <= 64 (the shipped
+# configs have R = 63) spill-free. Head dims as ATTENTION_AUTO_MAX_HEAD_DIM.
+RELATIVE_AUTO_MAX_BUCKETS = 64
+
+
+def relative_index(rel_buckets: torch.Tensor, T: int) -> torch.Tensor:
+    """(T, T) index rel_buckets[i - j + T - 1] of (query i, key j) from the (2T - 1,) table."""
+    pos = torch.arange(T, device=rel_buckets.device)
+    return rel_buckets[pos[:, None] - pos[None, :] + T - 1]
+
+
+def disentangled_attention_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    c2p: torch.Tensor,
+    p2c: torch.Tensor | None,
+    rel_buckets: torch.Tensor,
+    scale: float,
+    causal: bool = False,
+    key_padding_mask: torch.Tensor | None = None,
+    doc_ids: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """PyTorch path of `disentangled_attention`: builds the (B, H, T, T) position bias and runs SDPA
+    with it. Query rows with no visible key give zeros."""
+    B, H, T, _ = q.shape
+    R = c2p.shape[-1]
+    index = relative_index(rel_buckets, T).expand(B, H, T, T)
+    position = c2p.expand(B, H, T, R).gather(-1, index)
+    if p2c is not None:  # p2c[j, r(i, j)]: gather along the keys' rows of p2c^T
+        position = position + p2c.expand(B, H, T, R).transpose(-1, -2).gather(-2, index)
+    position = position * scale
+    allowed = attention_mask(T, causal, key_padding_mask, doc_ids, q.device)
+    if allowed is not None:
+        position = position.masked_fill(~allowed, float("-inf"))
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=position.to(q.dtype), dropout_p=dropout_p, scale=scale)
+    if allowed is not None:
+        y = y.masked_fill(~allowed.any(dim=-1, keepdim=True), 0.0)
+    return y
+
+
+def disentangled_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    c2p: torch.Tensor,
+    p2c: torch.Tensor | None,
+    rel_buckets: torch.Tensor,
+    scale: float,
+    causal: bool = False,
+    key_padding_mask: torch.Tensor | None = None,
+    doc_ids: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """softmax((q k^T + c2p[i, r] + p2c[j, r]) * scale) v over (B, H, T, D) q, k, v, with
+    r = rel_buckets[i - j + T - 1] the relative index of (query i, key j).
+
+    c2p (B, H, T, R) = q Kp^T and p2c (B, H, T, R) = k Qp^T are LTG-BERT's content-to-position and
+    position-to-content terms; a per-head bucket bias is c2p = bias / scale of shape (1, H, 1, R)
+    with p2c None. rel_buckets (2T - 1,) long, each bucket one interval of distances (log and T5
+    buckets are). Masks as `attention`; dropout_p on the probabilities (PyTorch path only).
+    """
+    # "auto": the kernel for 16-bit inputs of the head dims and bucket counts whose kernels compile
+    # without spills, and no dropout (the kernel has none); everything else on the reference.
+    suits = (q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= ATTENTION_AUTO_MAX_HEAD_DIM
+             and c2p.shape[-1] <= RELATIVE_AUTO_MAX_BUCKETS and dropout_p == 0.0)
+    if _resolve(backend, q, triton_suits=suits) == "triton" and dropout_p == 0.0:
+        from tinylm.kernels.bert_attention import relative_flash_attention
+
+        return relative_flash_attention(q, k, v, c2p, p2c, rel_buckets, scale, causal, key_padding_mask, doc_ids)
+    return disentangled_attention_reference(q, k, v, c2p, p2c, rel_buckets, scale, causal, key_padding_mask,
+                                            doc_ids, dropout_p)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -53,6 +53,12 @@ def test_attention_compiles_without_spills():
     check_ci_subset("attention")
 
 
+def test_bert_attention_compiles_without_spills():
+    """The relative-attention dQ/dc2p kernel (the one with the most live registers: its bucket
+    accumulator and segment-sum gathers) in its largest d64 config."""
+    check_ci_subset("bert_attention")
+
+
 @pytest.mark.skipif(os.environ.get("TINYLM_AOT") != "all", reason="the whole set runs under make test-aot")
 def test_every_specialisation_compiles_without_spills():
     result = run_aot("--subset", "all", "--jobs", os.environ.get("TINYLM_AOT_JOBS", "2"), timeout=4 * 3600)

@@ -18,7 +18,8 @@ NB = model.bert_rel_buckets, R = 2 * NB - 1 relative position indices.
       score[i, j] = (q_i . k_j + q_i . Kp_r + Qp_r . k_j) / sqrt(3 D)
   then softmax (padding / document / causal masks as -inf), dropout, W_o + b, LN (affine), dropout.
   The position terms are computed once per layer as two (B, H, T, R) tables, q Kp^T and k Qp^T,
-  and gathered by bucket (`disentangled_attention`): no (T, T, D) tensor is ever built.
+  and gathered by bucket in tinylm.ops.disentangled_attention: no (T, T, D) tensor is ever built,
+  and on CUDA (Triton, kernels/bert_attention.py) no (T, T) one either.
 - FFN (GEGLU): x -> LN (no affine) -> [u, g] = W_1 x -> u * gelu_tanh(g) -> LN (no affine) -> W_2 ->
   dropout; no biases.
 - Init: every matrix and embedding truncated normal, std sqrt(2 / (5 C)), cut at +-2 std; the FFN's two
@@ -41,7 +42,7 @@ import torch.nn.functional as F
 from tinylm import ops
 from tinylm.config import ModelConfig
 from tinylm.models import bert_simple
-from tinylm.models.bert_positions import apply_rotary, log_buckets, rotary_tables
+from tinylm.models.bert_positions import apply_rotary, log_bucket_table, rotary_tables
 from tinylm.models.layers import LayerNorm, attention_flops_per_token, decay_groups, generate_by_rerunning
 
 ARCHS = ("ltg", "simple")
@@ -57,25 +58,6 @@ class Norm(nn.Module):
 
     def forward(self, x):
         return ops.layer_norm(x, None, None, self.eps)
-
-
-def disentangled_attention(q, k, v, c2p, p2c, buckets, scale: float, allowed=None, dropout_p: float = 0.0):
-    """softmax((q k^T + gather(c2p) + gather(p2c)) * scale) v over (B, H, T, D) q, k, v.
-
-    c2p (B, H, T, R) = q Kp^T and p2c (B, H, T, R) = k Qp^T are the position terms per token and
-    relative index; buckets (T, T) the index r of (query i, key j): the score of (i, j) takes
-    c2p[i, r] and p2c[j, r]. allowed (B|1, 1, T, T) bool or None; a query with no visible key gives
-    zeros (as tinylm.ops.attention)."""
-    B, H, T, _ = q.shape
-    index = buckets.expand(B, H, T, T)
-    position = c2p.gather(-1, index) + p2c.transpose(-1, -2).gather(-2, index)  # (B, H, T, T)
-    position = position * scale
-    if allowed is not None:
-        position = position.masked_fill(~allowed, float("-inf"))
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=position.to(q.dtype), dropout_p=dropout_p, scale=scale)
-    if allowed is not None:
-        y = y.masked_fill(~allowed.any(dim=-1, keepdim=True), 0.0)
-    return y
 
 
 class Attention(nn.Module):
@@ -102,8 +84,8 @@ class Attention(nn.Module):
             qp, kp = self.qk(self.dropout(positions["rel"])).split(C, dim=-1)  # (R, C) each
             qp, kp = (t.view(-1, H, D).transpose(0, 1) for t in (qp, kp))  # (H, R, D)
             c2p, p2c = q @ kp.transpose(-1, -2), k @ qp.transpose(-1, -2)  # (B, H, T, R)
-            allowed = ops.attention_mask(T, causal, key_padding_mask, doc_ids, x.device)
-            y = disentangled_attention(q, k, v, c2p, p2c, positions["buckets"], 1.0 / math.sqrt(3 * D), allowed, p_drop)
+            y = ops.disentangled_attention(q, k, v, c2p, p2c, positions["buckets"], 1.0 / math.sqrt(3 * D), causal,
+                                           key_padding_mask, doc_ids, p_drop)
         else:  # rotary
             q, k = apply_rotary(q, positions["cos"], positions["sin"]), apply_rotary(k, positions["cos"], positions["sin"])
             y = ops.attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask, doc_ids=doc_ids)
@@ -207,7 +189,7 @@ class BERT(nn.Module):
     def _positions(self, T: int, device) -> dict:
         cfg = self.cfg
         if cfg.bert_positions == "relative":
-            return {"rel": self.rel_norm(self.rel_emb), "buckets": log_buckets(T, cfg.bert_rel_buckets, cfg.max_seq_len, device)}
+            return {"rel": self.rel_norm(self.rel_emb), "buckets": log_bucket_table(T, cfg.bert_rel_buckets, cfg.max_seq_len, device)}
         cos, sin = rotary_tables(T, cfg.d_model // cfg.n_head, cfg.bert_rope_base, device)
         return {"cos": cos, "sin": sin}
 

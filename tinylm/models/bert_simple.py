@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from tinylm import ops
 from tinylm.config import ModelConfig
-from tinylm.models.bert_positions import apply_rotary, rotary_tables, t5_buckets
+from tinylm.models.bert_positions import apply_rotary, rotary_tables, t5_bucket_table
 from tinylm.models.layers import LayerNorm
 
 NORMS = ("pre", "post")
@@ -44,14 +44,13 @@ class Attention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
-        if "bias" in positions:  # relative: scores + bias, every mask folded into the float mask
-            allowed = ops.attention_mask(T, causal, key_padding_mask, doc_ids, x.device)  # (B|1, 1, T, T) or None
-            bias = positions["bias"].to(q.dtype)  # (1, H, T, T)
-            if allowed is not None:
-                bias = bias.masked_fill(~allowed, float("-inf"))
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-            if allowed is not None:  # a query with no visible key gives zeros (as tinylm.ops does)
-                y = y.masked_fill(~allowed.any(dim=-1, keepdim=True), 0.0)
+        if "bias" in positions:  # relative: scores q.k / sqrt(D) + bias[h, bucket(i - j)]
+            # the content-to-position term of disentangled attention with one row for all queries:
+            # (q.k + bias / scale) * scale, broadcast over batch and queries, no position-to-content
+            scale = 1.0 / math.sqrt(C // self.n_head)
+            c2p = (positions["bias"].t() / scale)[None, :, None, :]  # (1, H, 1, NB)
+            y = ops.disentangled_attention(q, k, v, c2p, None, positions["buckets"], scale, causal, key_padding_mask,
+                                           doc_ids)
         else:  # rotary
             cos, sin = positions["cos"], positions["sin"]
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
@@ -135,8 +134,8 @@ def forward(model: nn.Module, x, key_padding_mask=None, doc_ids=None, causal=Fal
     cfg = model.cfg
     T = x.shape[1]
     if cfg.bert_positions == "relative":
-        buckets = t5_buckets(T, cfg.bert_rel_buckets, cfg.bert_rel_max_distance, x.device)
-        positions = {"bias": model.rel_bias(buckets).permute(2, 0, 1).unsqueeze(0)}  # (1, H, T, T)
+        buckets = t5_bucket_table(T, cfg.bert_rel_buckets, cfg.bert_rel_max_distance, x.device)  # (2T - 1,)
+        positions = {"bias": model.rel_bias.weight, "buckets": buckets}  # bias (NB, H)
     else:
         cos, sin = rotary_tables(T, cfg.d_model // cfg.n_head, cfg.bert_rope_base, x.device)
         positions = {"cos": cos, "sin": sin}
