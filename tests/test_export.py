@@ -56,12 +56,9 @@ def test_folder_layout_and_self_contained_code(exported):
         assert absolute <= {"torch", "transformers", "math"}, (name, absolute)
         imports[name[:-3]] = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level > 0}
         assert imports[name[:-3]] <= modules - {name[:-3]}, (name, imports[name[:-3]])
-    # transformers copies what the entry module imports, recursively: every template must be reached
-    reached, frontier = set(), {"modeling_tinylm"}
-    while frontier:
-        reached |= frontier
-        frontier = set().union(*(imports[m] for m in frontier)) - reached
-    assert reached == modules
+    # From a local folder transformers 4.x (4.51.3, the official BabyLM pipeline's pin) copies only the
+    # files the entry module imports itself, not theirs (5.x recurses): the entry module names every template.
+    assert {"modeling_tinylm"} | imports["modeling_tinylm"] == modules
     config = json.loads((exported / "config.json").read_text())
     assert config["model_type"] == "tinylm" and config["family"] == "gpt"
     assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM"}

@@ -45,6 +45,9 @@ from transformers.modeling_outputs import BaseModelOutput, CausalLMOutputWithPas
 from .configuration_tinylm import TinyLMConfig
 from .modeling_tinylm_bert import build as build_bert, build_head as build_bert_head, forward as forward_bert, head as bert_head
 from .modeling_tinylm_gpt import build as build_gpt, forward as forward_gpt
+# Imported here although only the family files use it: transformers 4.x copies, from a local folder, only
+# the files this module imports relatively (not theirs), so every helper module is named here.
+from .modeling_tinylm_layers import LayerNorm as _LayerNorm  # noqa: F401
 from .modeling_tinylm_mlstm import build as build_mlstm, forward as forward_mlstm
 
 try:  # transformers >= 4.50 wants GenerationMixin named explicitly for generate()
