@@ -18,9 +18,6 @@ end=$(date +%s)
 $PY - "$out" "$name" $((mid-start)) $((end-mid)) "$*" <<'PY'
 import json, sys
 out, name, train_s, eval_s, args = sys.argv[1:]
-def macro(p):
-    r = json.load(open(p))
-    return r
 dev = json.load(open(f"{out}/eval_dev/results.json")); zo = json.load(open(f"{out}/eval_zorro/results.json"))
 summ = json.load(open(f"{out}/summary.json"))
 print(json.dumps({"name": name, "args": args, "train_s": int(train_s), "eval_s": int(eval_s),
