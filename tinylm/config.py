@@ -96,8 +96,8 @@ class DataConfig:
 
 @dataclass
 class TokenizerConfig:
-    model_type: str = "bpe"  # bpe | unigram (sentencepiece)
-    vocab_size: int = 2048
+    model_type: str = "bpe"  # bpe | unigram (sentencepiece) | bytes (UTF-8 bytes, 263 ids: tinylm.data.bytes)
+    vocab_size: int = 2048  # ignored with bytes
     byte_fallback: bool = True
     character_coverage: float = 1.0
     max_sentences: int = 2_000_000  # sentences sentencepiece keeps (seeded sampling beyond that)
@@ -261,7 +261,7 @@ def validate_pretrain(cfg: PretrainConfig) -> None:
     from tinylm.data.tokenizer import EXTRA_SPECIALS
 
     n_special = 4 + len(EXTRA_SPECIALS)  # pad, unk, bos, eos + the user-defined ones
-    if cfg.tokenizer.vocab_size <= n_special:
+    if cfg.tokenizer.model_type != "bytes" and cfg.tokenizer.vocab_size <= n_special:
         raise InputError(f"tokenizer.vocab_size={cfg.tokenizer.vocab_size} leaves no room beside the {n_special} special "
                          "tokens; use a few hundred or more")
 

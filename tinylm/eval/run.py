@@ -130,6 +130,9 @@ def score_texts(model, scorer: str, texts, cfg: EvalConfig, window: int, device,
 
 def score_files(model, tokenizer, scorer: str, files, cfg: EvalConfig, window: int, device):
     """({file: per-item candidate scores}, {file: per-item verdicts}) with one line printed per file."""
+    if scorer == "pll_word" and getattr(tokenizer, "kind", "") == "bytes":
+        raise InputError("scorer=pll_word masks the rest of a word by its pieces' word starts, which a byte "
+                         "tokenizer (tokenizer=bytes) does not have; use scorer=pll or auto")
     word_starts = tokenizer.word_start_table() if scorer == "pll_word" else None
     scores: dict[str, list[list[float]]] = {}
     verdicts: dict[str, list] = {}
@@ -137,7 +140,7 @@ def score_files(model, tokenizer, scorer: str, files, cfg: EvalConfig, window: i
         t0 = time.perf_counter()
         texts, owner = [], []
         for n, item in enumerate(tf.items):
-            for text in encode_scored(tokenizer.sp, item.context, item.candidates):
+            for text in encode_scored(tokenizer, item.context, item.candidates):
                 texts.append(text)
                 owner.append(n)
         flat = score_texts(model, scorer, texts, cfg, window, device, word_starts)
