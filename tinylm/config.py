@@ -212,6 +212,11 @@ class CurriculumConfig:
     seq_len_fractions: list[float] = field(default_factory=list)  # ... or as fractions of train.seq_len
     seq_len_by: str = "step"  # step | words: what seq_len_boundaries count
     seq_len_boundaries: list[int] = field(default_factory=list)  # where stages 2.. start; empty (by step): equal shares
+    seq_len_trigger: str = "schedule"  # schedule | loss: also move on when the train loss plateaus (tinylm/data/growlength.py)
+    seq_len_plateau_window: int = 50  # loss: steps over which the EMA must improve by tol (relative)
+    seq_len_plateau_tol: float = 0.01
+    seq_len_plateau_min_steps: int = 100  # loss: fewest steps per stage
+    seq_len_plateau_ema: float = 0.9  # loss: decay of the train-loss EMA
     buckets: bool = False  # Dataset Decomposition: sequences inside one document, power-of-two lengths
     bucket_min_len: int = 8  # shortest bucket (tokens); shorter document remainders are dropped
     vocab_start: int = 0  # vocabulary curriculum: the k most frequent ids kept at p=0 (0: off); the rest -> <unk>

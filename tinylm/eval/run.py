@@ -100,7 +100,11 @@ def training_window(run_dir: Path, state: dict) -> int:
         boundaries = [round(steps * i / len(stages)) for i in range(1, len(stages))]
     step = int(state.get("step") or 0)
     at = max(step - 1, 0) if cur.seq_len_by == "step" else int((state.get("loader") or {}).get("step_words", 0))
-    return stages[sum(b <= at for b in boundaries)]
+    reached = sum(b <= at for b in boundaries)
+    plateau = (state.get("loader") or {}).get("seq_len_trigger")  # seq_len_trigger=loss: the stage it switched to
+    if plateau:  # (a switch at this very step has not been trained on yet: the stage before it)
+        reached = max(reached, int(plateau["stage"]) - (1 if int(plateau["steps"]) == 0 else 0))
+    return stages[reached]
 
 
 def eval_window(cfg: EvalConfig, model, run_dir: Path, state: dict) -> tuple[int, str]:
