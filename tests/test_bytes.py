@@ -198,7 +198,9 @@ FAMILIES = {"bert_mlm": ("model=bert_tiny", "objective=mlm"), "bert_hybrid": ("m
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_every_family_trains_and_exports_with_bytes(family, tmp_path, cache_dir):
+def test_every_family_trains_evaluates_and_exports_with_bytes(family, tmp_path, cache_dir):
+    from tinylm.eval.config import EvalConfig
+    from tinylm.eval.run import evaluate
     from tinylm.export.hf import export_hf
     from tinylm.train.loop import pretrain
 
@@ -206,6 +208,12 @@ def test_every_family_trains_and_exports_with_bytes(family, tmp_path, cache_dir)
     summary = pretrain(smoke_config(run, cache_dir, "tokenizer=bytes", "train.steps=2", "train.threads=1",
                                     "train.milestones=false", *FAMILIES[family]))
     assert np.isfinite(summary["final_dev_loss"]) and summary["words_seen"] > 0
+    task = tmp_path / "tasks" / "mini.jsonl"
+    task.parent.mkdir()
+    task.write_text("".join(json.dumps({"sentence_good": g, "sentence_bad": b, "UID": "mini", "field": "syntax", "linguistics_term": "agreement"}) + "\n" for g, b in PAIRS))
+    res = evaluate(EvalConfig(ckpt=str(run), tasks=str(task.parent), out=str(tmp_path / "ev"), samples=False))
+    assert res["scorer"] == {"bert_mlm": "pll", "bert_hybrid": "mntp", "mlstm": "causal"}[family]
+    assert res["files"]["mini.jsonl"]["items"] == 3 and res["files"]["mini.jsonl"]["nonfinite"] == 0
     out = export_hf(run, run / "hf", check=True)  # ids and every head's logits vs the native model
     checks = json.loads((out / "tinylm_export.json").read_text())["checks"]
     assert checks["max_abs_logit_diff"] < 1e-4
