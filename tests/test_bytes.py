@@ -220,3 +220,28 @@ def test_every_family_trains_evaluates_and_exports_with_bytes(family, tmp_path, 
     tok = AutoTokenizer.from_pretrained(str(out), trust_remote_code=True)
     masked = family.startswith("bert")
     assert tok("é")["input_ids"] == [2, 0xC3 + 7, 0xA9 + 7, *([3] if masked else [])]
+
+
+def test_a_byte_run_resumes_bit_exact(tmp_path, cache_dir, monkeypatch):
+    import tinylm.train.loop as loop_module
+    from tinylm.train.loop import pretrain
+    from tinylm.train.metrics import read_metrics
+
+    overrides = ("tokenizer=bytes", "train.steps=6", "train.ckpt_every=3", "train.log_every=1", "train.eval_every=3",
+                 "train.milestones=false")
+    pretrain(smoke_config(tmp_path / "full", cache_dir, *overrides))
+    real = loop_module.save_checkpoint
+
+    def save_then_stop(run_dir, step, *args, **kwargs):
+        out = real(run_dir, step, *args, **kwargs)
+        if step == 3:
+            raise KeyboardInterrupt
+        return out
+
+    with monkeypatch.context() as m:
+        m.setattr(loop_module, "save_checkpoint", save_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            pretrain(smoke_config(tmp_path / "parts", cache_dir, *overrides))
+    pretrain(smoke_config(tmp_path / "parts", cache_dir, *overrides, "train.resume=auto"))
+    a, b = ([{k: v for k, v in r.items() if k != "tokens_per_s"} for r in read_metrics(tmp_path / p)] for p in ("full", "parts"))
+    assert a == b and len(a) >= 6
