@@ -60,10 +60,9 @@ class Tokenizer:
 
     def piece_spans(self, texts: list[str]) -> list[tuple[list[int], list[int], list[int]]]:
         """(ids, begin, end) per text: each piece's byte offsets in the text (sentencepiece's)."""
-        from tinylm.data.words import _encode_protos
+        from tinylm.data.words import piece_spans
 
-        return [([p.id for p in proto.pieces], [p.begin for p in proto.pieces], [p.end for p in proto.pieces])
-                for proto in _encode_protos(self.sp, texts)]
+        return piece_spans(self.sp, texts)
 
     def word_counts(self, texts: list[str], encoded: list[list[int]]) -> list[np.ndarray]:
         """Per text, (len(ids) + 1,) words (str.split()) starting in each token: tinylm.data.words."""

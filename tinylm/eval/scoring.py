@@ -42,21 +42,14 @@ MASKED_MODES = ("pll", "pll_word", "mntp")
 # tokenization with a scored span
 
 
-def _encode_protos(sp, texts: list[str]):
-    """sentencepiece pieces with byte offsets (the keyword changed between sentencepiece releases)."""
-    try:
-        return sp.encode(texts, return_type="proto")
-    except TypeError:
-        return sp.encode(texts, out_type="immutable_proto")
-
-
 def _spans(tok, texts: list[str]) -> list[tuple[list[int], list[int], list[int]]]:
     """(ids, byte begins, byte ends) per text: a tinylm tokenizer's piece_spans (sentencepiece or
     bytes), or those of a bare sentencepiece processor."""
     if hasattr(tok, "piece_spans"):
         return tok.piece_spans(texts)
-    return [([p.id for p in proto.pieces], [p.begin for p in proto.pieces], [p.end for p in proto.pieces])
-            for proto in _encode_protos(tok, texts)]
+    from tinylm.data.words import piece_spans
+
+    return piece_spans(tok, texts)
 
 
 def encode_scored(tok, context: str, candidates: Sequence[str]) -> list[ScoredText]:
