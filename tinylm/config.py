@@ -96,8 +96,8 @@ class DataConfig:
 
 @dataclass
 class TokenizerConfig:
-    model_type: str = "bpe"  # bpe | unigram (sentencepiece)
-    vocab_size: int = 2048
+    model_type: str = "bpe"  # bpe | unigram (sentencepiece) | bytes (UTF-8 bytes, 263 ids: tinylm.data.bytes)
+    vocab_size: int = 2048  # ignored with bytes
     byte_fallback: bool = True
     character_coverage: float = 1.0
     max_sentences: int = 2_000_000  # sentences sentencepiece keeps (seeded sampling beyond that)
@@ -212,6 +212,11 @@ class CurriculumConfig:
     seq_len_fractions: list[float] = field(default_factory=list)  # ... or as fractions of train.seq_len
     seq_len_by: str = "step"  # step | words: what seq_len_boundaries count
     seq_len_boundaries: list[int] = field(default_factory=list)  # where stages 2.. start; empty (by step): equal shares
+    seq_len_trigger: str = "schedule"  # schedule | loss: also move on when the train loss plateaus (tinylm/data/growlength.py)
+    seq_len_plateau_window: int = 50  # loss: steps over which the EMA must improve by tol (relative)
+    seq_len_plateau_tol: float = 0.01
+    seq_len_plateau_min_steps: int = 100  # loss: fewest steps per stage
+    seq_len_plateau_ema: float = 0.9  # loss: decay of the train-loss EMA
     buckets: bool = False  # Dataset Decomposition: sequences inside one document, power-of-two lengths
     bucket_min_len: int = 8  # shortest bucket (tokens); shorter document remainders are dropped
     vocab_start: int = 0  # vocabulary curriculum: the k most frequent ids kept at p=0 (0: off); the rest -> <unk>
@@ -261,7 +266,7 @@ def validate_pretrain(cfg: PretrainConfig) -> None:
     from tinylm.data.tokenizer import EXTRA_SPECIALS
 
     n_special = 4 + len(EXTRA_SPECIALS)  # pad, unk, bos, eos + the user-defined ones
-    if cfg.tokenizer.vocab_size <= n_special:
+    if cfg.tokenizer.model_type != "bytes" and cfg.tokenizer.vocab_size <= n_special:
         raise InputError(f"tokenizer.vocab_size={cfg.tokenizer.vocab_size} leaves no room beside the {n_special} special "
                          "tokens; use a few hundred or more")
 

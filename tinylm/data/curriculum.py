@@ -9,8 +9,10 @@ The parts compose (one `CurriculumConfig`):
   are available (pacing linear / root / step, as in CLIMB); each row is drawn uniformly from them,
   or with probability `mix` from the whole stream.
 - **sequence-length schedule** (GrowLength / Shortformer): seq_len grows through stages by step or
-  by words seen; the batch size is train.batch_size x train.seq_len / seq_len, so the tokens per
-  step stay constant. The last stage is train.seq_len (the dev loss is measured there).
+  by words seen, or with seq_len_trigger=loss when the train loss plateaus, the schedule then being
+  the latest switch (tinylm.data.growlength); the batch size is train.batch_size x train.seq_len /
+  seq_len, so the tokens per step stay constant. The last stage is train.seq_len (the dev loss is
+  measured there).
 - **buckets** (Dataset Decomposition): each document's targets are cut into power-of-two sequences
   (train.seq_len down to bucket_min_len) that never cross a document; each batch holds sequences of
   one bucket, with the batch size that keeps the tokens per batch constant; an epoch serves every
@@ -37,6 +39,7 @@ import numpy as np
 import torch
 
 from tinylm.config import CurriculumConfig
+from tinylm.data.growlength import TRIGGERS, LossPlateau
 from tinylm.data.loader import Batch, document_ids, word_counts_of
 from tinylm.data.shards import Shard, unigram_counts
 from tinylm.data.tokenizer import SEP_ID, UNK_ID
@@ -129,6 +132,7 @@ class CurriculumLoader:
         _check("pacing", cfg.pacing, PACINGS)
         _check("vocab_pacing", cfg.vocab_pacing, PACINGS)
         _check("seq_len_by", cfg.seq_len_by, ("step", "words"))
+        _check("seq_len_trigger", cfg.seq_len_trigger, TRIGGERS)
         if not 0.0 <= cfg.mix <= 1.0:
             raise ValueError(f"curriculum.mix={cfg.mix} must be in [0, 1]")
         self.cfg, self.shard, self.tokens = cfg, shard, shard.tokens
@@ -153,6 +157,11 @@ class CurriculumLoader:
                 raise ValueError(f"curriculum.seq_len_boundaries={self.boundaries} must be {len(self.stages) - 1} growing numbers")
         else:
             self.boundaries = []
+        self.plateau = None  # seq_len_trigger=loss: the stage moves on in observe_loss
+        if cfg.seq_len_trigger == "loss" and len(self.stages) > 1:
+            self.plateau = LossPlateau(len(self.stages), cfg.seq_len_plateau_window, cfg.seq_len_plateau_tol,
+                                       cfg.seq_len_plateau_min_steps, cfg.seq_len_plateau_ema)
+            self.plateau.stage = int(np.searchsorted(self.boundaries, 0, side="right"))  # boundaries may start at 0
         if cfg.buckets and (len(self.stages) > 1 or cfg.order != "none"):
             raise ValueError("curriculum.buckets=true does not combine with an order or a sequence-length schedule")
         self.vocab_size = len(word_start)
@@ -182,9 +191,23 @@ class CurriculumLoader:
     def progress(self) -> float:
         return self.step / self.steps
 
+    def _scheduled_stage(self, words: int) -> int:
+        at = self.step if self.cfg.seq_len_by == "step" else words
+        return int(np.searchsorted(self.boundaries, at, side="right"))
+
     def current_seq_len(self) -> int:
-        at = self.step if self.cfg.seq_len_by == "step" else self.step_words
-        return self.stages[int(np.searchsorted(self.boundaries, at, side="right"))]
+        if self.plateau is not None:
+            return self.stages[self.plateau.stage]
+        return self.stages[self._scheduled_stage(self.step_words)]
+
+    def observe_loss(self, loss: float) -> dict | None:
+        """The loop calls this after each optimizer step with its train loss. With
+        seq_len_trigger=loss: {"seq_len": new length, "seq_len_switch": "plateau" | "schedule"} when
+        the next step starts a new stage, else None (always None for the schedule trigger)."""
+        if self.plateau is None:
+            return None
+        reason = self.plateau.observe(loss, self._scheduled_stage(self.words))  # the next step's schedule stage
+        return {"seq_len": self.stages[self.plateau.stage], "seq_len_switch": reason} if reason else None
 
     def available_fraction(self) -> float:
         if self.cfg.order == "none":
@@ -203,16 +226,21 @@ class CurriculumLoader:
     def state_dict(self) -> dict:
         return {"curriculum": asdict(self.cfg), "seq_len": self.seq_len, "batch_size": self.batch_size, "seed": self.seed,
                 "served": self.served, "words": self.words, "step_words": self.step_words,
-                "epoch": self.epoch, "cursor": self.cursor}
+                "epoch": self.epoch, "cursor": self.cursor,
+                **({"seq_len_trigger": self.plateau.state_dict()} if self.plateau is not None else {})}
 
     def load_state_dict(self, state: dict) -> None:
         mine = self.state_dict()
+        # keys added to CurriculumConfig after the checkpoint was written count as their defaults
+        state = {**state, "curriculum": {**asdict(CurriculumConfig()), **(state.get("curriculum") or {})}}
         keys = ("curriculum", "seq_len", "batch_size", "seed")
         if any(state.get(k) != mine[k] for k in keys):
             raise ValueError(f"loader state {({k: state.get(k) for k in keys})} does not match this run's curriculum "
                              f"{({k: mine[k] for k in keys})}")
         self.served, self.words, self.step_words = state["served"], state["words"], state["step_words"]
         self.epoch, self.cursor = state["epoch"], state["cursor"]
+        if self.plateau is not None:
+            self.plateau.load_state_dict(state["seq_len_trigger"])
         if self.cfg.buckets:
             self._order = self._epoch_batches(self.epoch)
 

@@ -85,6 +85,10 @@ class TokenLoader:
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "cursor": self.cursor, "seq_len": self.seq_len, "seed": self.seed}
 
+    def observe_loss(self, loss: float) -> None:
+        """No schedule to move on (CurriculumLoader.observe_loss: a seq_len stage switch)."""
+        return None
+
     def load_state_dict(self, state: dict) -> None:
         if state["seq_len"] != self.seq_len or state["seed"] != self.seed:
             raise ValueError(f"loader state {state} does not match seq_len={self.seq_len}, seed={self.seed}")

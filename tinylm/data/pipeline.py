@@ -7,7 +7,8 @@ shape the documents, and the tokenizer options. A directory whose data_report.js
 is reused as it is; anything else is rebuilt under a temporary name and renamed into place, so a
 failed or interrupted build leaves nothing half-written. Contents:
 
-    tokenizer.model                     sentencepiece model (trained on the budgeted train split only)
+    tokenizer.model                     sentencepiece model (trained on the budgeted train split only), or
+                                        with tokenizer=bytes the byte layout's spec (tinylm.data.bytes)
     train.bin, dev.bin, *.docs.npy, *.features.npy, meta.json   see tinylm.data.shards
     train.ages.npy, dev.ages.npy        only for sources with ages (data=childes_age): months per document
     data_report.json                    words (total, per source, per split), documents, duplicates
@@ -39,7 +40,8 @@ from tinylm.data.corpus import (
 )
 from tinylm.data.shards import Shard, open_shard, unigram_counts, write_shards
 from tinylm.data.sources import fingerprint_inputs, plan_sources
-from tinylm.data.tokenizer import Tokenizer, train_sentencepiece
+from tinylm.data.bytes import VOCAB_SIZE as BYTE_VOCAB_SIZE, write_byte_tokenizer
+from tinylm.data.tokenizer import Tokenizer, load_tokenizer, train_sentencepiece
 from tinylm.errors import InputError
 from tinylm.utils import atomic_dir, sha256_file, sha256_of, sweep_leftovers, write_json_atomic
 
@@ -50,7 +52,7 @@ _NOT_IN_KEY = ("name", "out_dir", "cache_dir", "keep_text")
 
 @dataclass
 class PreparedData:
-    tokenizer: Tokenizer
+    tokenizer: Tokenizer  # or tinylm.data.bytes.ByteTokenizer (same interface)
     shard_dir: Path  # the data directory
     train: Shard
     dev: Shard
@@ -84,7 +86,7 @@ def _read_report(folder: Path) -> dict | None:
 
 
 def _open(folder: Path, report: dict) -> PreparedData:
-    tok = Tokenizer(folder / "tokenizer.model")
+    tok = load_tokenizer(folder / "tokenizer.model")
     report = {**report, "tokenizer": str(folder / "tokenizer.model"), "shards": str(folder)}
     if report.get("stage") != "complete":
         return PreparedData(tok, folder, None, None, report)  # type: ignore[arg-type]
@@ -106,6 +108,8 @@ def prepare_data(data_cfg: DataConfig, tok_cfg: TokenizerConfig, tokenizer_only:
     """The data directory for (data_cfg, tok_cfg), built if missing or stale. With
     tokenizer_only=True only the corpus pass and the tokenizer are done (train and dev are None).
     `timings`, when given, receives the seconds of each stage of a build (corpus, tokenizer, shards)."""
+    if tok_cfg.model_type == "bytes":  # nothing to train: the sentencepiece options mean nothing (not in the key)
+        tok_cfg = TokenizerConfig(model_type="bytes", vocab_size=BYTE_VOCAB_SIZE)
     plan = plan_sources(data_cfg)
     fingerprint = fingerprint_inputs(plan)
     keys = data_keys(data_cfg, tok_cfg, fingerprint)
@@ -221,7 +225,9 @@ def _build(data_cfg, tok_cfg, plan, fingerprint, keys, tmp: Path, work: Path, to
     t1 = time.perf_counter()
     train_chars = int(index.nbytes[take_train > 0].sum())
     keep_every = max(1, math.ceil(train_chars / tok_cfg.max_train_chars)) if tok_cfg.max_train_chars > 0 else 1
-    if reuse_tokenizer is not None:  # same tokenizer key: trained on exactly these documents before
+    if tok_cfg.model_type == "bytes":  # UTF-8 bytes: no training step (tinylm.data.bytes)
+        write_byte_tokenizer(tmp / "tokenizer.model")
+    elif reuse_tokenizer is not None:  # same tokenizer key: trained on exactly these documents before
         (tmp / "tokenizer.model").write_bytes(reuse_tokenizer)
     else:
         texts = (text for text, _, _ in iter_documents(index, take_train, keep_every=keep_every))
@@ -230,7 +236,7 @@ def _build(data_cfg, tok_cfg, plan, fingerprint, keys, tmp: Path, work: Path, to
             f"{time.perf_counter() - t1:.1f}s" + (f" on 1/{keep_every} of the documents" if keep_every > 1 else ""))
     timings["tokenizer"] = time.perf_counter() - t1
     timings["tokenizer_peak_rss_mb"] = _peak_rss_mb()
-    tok = Tokenizer(tmp / "tokenizer.model")
+    tok = load_tokenizer(tmp / "tokenizer.model")
     report.update(vocab_size=tok.vocab_size, tokenizer_sha256=sha256_file(tmp / "tokenizer.model"))
     # What the tokenizer saw, for the BabyLM compliance check (tinylm/package/compliance.py).
     report["tokenizer_training"] = {"split": "train", "words": report["words_train"], "corpus_key": keys["corpus_key"],

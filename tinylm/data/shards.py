@@ -36,7 +36,7 @@ import numpy as np
 from tinylm.data.clean import SENTENCE_END
 from tinylm.data.corpus import whitespace_pieces
 from tinylm.data.tokenizer import BOS_ID, EOS_ID, Tokenizer
-from tinylm.data.words import document_word_counts, fit_uint8
+from tinylm.data.words import fit_uint8
 
 DOC_COLUMNS = ("start", "words", "source", "tokens")
 FEATURE_COLUMNS = ("mean_unigram_surprisal", "readability_ari")
@@ -94,7 +94,6 @@ class SplitWriter:
         self.path = folder / f"{name}.bin"
         self.file = open(self.path, "wb")
         self.words_file = open(folder / f"{name}.words.bin", "wb")
-        self.word_start = tok.word_start_table()
         self.tok, self.dtype = tok, np.dtype(dtype)
         self.rows: list[np.ndarray] = []
         self.ari = array("d")  # readability per document (compact: one float each)
@@ -143,7 +142,7 @@ class SplitWriter:
     def _write_word_counts(self, texts: list[str], owners: list[int], encoded: list[list[int]]) -> None:
         """<name>.words.bin: the words (str.split) starting in each token, laid out like the tokens
         (<bos> 0, content, <eos> with the words that produced no token). tinylm.data.words."""
-        parts = document_word_counts(self.tok.sp, texts, encoded, self.word_start)
+        parts = self.tok.word_counts(texts, encoded)
         docs: list[np.ndarray] = []
         for i, counts in enumerate(parts):
             first_of_doc = i == 0 or owners[i - 1] != owners[i]

@@ -1,6 +1,8 @@
 """sentencepiece tokenizer: training on the train split only (a BabyLM rule), cached by content.
 
 Special tokens have fixed ids in every tinylm tokenizer, so models and objectives can rely on them.
+`tokenizer=bytes` (tinylm.data.bytes.ByteTokenizer) keeps them and maps byte b to id b + 7;
+`load_tokenizer` opens either kind from a `tokenizer.model` file.
 """
 
 from __future__ import annotations
@@ -28,8 +30,17 @@ MASK_ID, CLS_ID, SEP_ID = 4, 5, 6
 _MAX_SENTENCE_BYTES = 16384
 
 
+def load_tokenizer(model_file: str | Path):
+    """The tokenizer a `tokenizer.model` file holds: a sentencepiece model or a byte tokenizer spec."""
+    from tinylm.data.bytes import ByteTokenizer, is_byte_tokenizer_file
+
+    return ByteTokenizer(model_file) if is_byte_tokenizer_file(model_file) else Tokenizer(model_file)
+
+
 class Tokenizer:
     """A thin wrapper over a sentencepiece model with tinylm's fixed special ids."""
+
+    kind = "sentencepiece"
 
     def __init__(self, model_file: str | Path):
         self.model_file = Path(model_file)
@@ -43,6 +54,23 @@ class Tokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self.sp.decode(ids)
+
+    def id_to_piece(self, i: int) -> str:
+        return self.sp.id_to_piece(i)
+
+    def piece_spans(self, texts: list[str]) -> list[tuple[list[int], list[int], list[int]]]:
+        """(ids, begin, end) per text: each piece's byte offsets in the text (sentencepiece's)."""
+        from tinylm.data.words import piece_spans
+
+        return piece_spans(self.sp, texts)
+
+    def word_counts(self, texts: list[str], encoded: list[list[int]]) -> list[np.ndarray]:
+        """Per text, (len(ids) + 1,) words (str.split()) starting in each token: tinylm.data.words."""
+        from tinylm.data.words import document_word_counts
+
+        if not hasattr(self, "_word_start"):
+            self._word_start = self.word_start_table()
+        return document_word_counts(self.sp, texts, encoded, self._word_start)
 
     def word_start_table(self) -> np.ndarray:
         """(V,) bool: pieces that begin a whitespace-separated word ("▁..."), so words seen can be
@@ -83,7 +111,7 @@ def train_sentencepiece(texts: Iterable[str], cfg: TokenizerConfig, out_file: Pa
     sentencepiece samples with its generator seeded to 0 (not the clock); prepare_data caps the text
     at tokenizer.max_train_chars before that, by a stable hash of the document index."""
     if cfg.model_type not in ("bpe", "unigram"):
-        raise InputError(f"tokenizer.model_type={cfg.model_type!r} is not supported; use bpe or unigram")
+        raise InputError(f"tokenizer.model_type={cfg.model_type!r} is not supported; use bpe, unigram or bytes")
     writer = io.BytesIO()
     if hasattr(spm, "set_random_generator_seed"):
         spm.set_random_generator_seed(0)

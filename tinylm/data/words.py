@@ -64,6 +64,12 @@ def _encode_protos(sp, texts: list[str]):
         return sp.encode(texts, out_type="immutable_proto")
 
 
+def piece_spans(sp, texts: list[str]) -> list[tuple[list[int], list[int], list[int]]]:
+    """(ids, byte begins, byte ends) per text: each sentencepiece piece's byte offsets in the text."""
+    return [([p.id for p in proto.pieces], [p.begin for p in proto.pieces], [p.end for p in proto.pieces])
+            for proto in _encode_protos(sp, texts)]
+
+
 def _offset_counts(text: str, proto, n_tokens: int) -> np.ndarray:
     """(n_tokens + 1,) words starting in each piece of `proto` (the encoding of `text`); the last
     slot holds words whose characters produced no token after the last piece."""

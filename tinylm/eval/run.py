@@ -100,7 +100,11 @@ def training_window(run_dir: Path, state: dict) -> int:
         boundaries = [round(steps * i / len(stages)) for i in range(1, len(stages))]
     step = int(state.get("step") or 0)
     at = max(step - 1, 0) if cur.seq_len_by == "step" else int((state.get("loader") or {}).get("step_words", 0))
-    return stages[sum(b <= at for b in boundaries)]
+    reached = sum(b <= at for b in boundaries)
+    plateau = (state.get("loader") or {}).get("seq_len_trigger")  # seq_len_trigger=loss: the stage it switched to
+    if plateau:  # (a switch at this very step has not been trained on yet: the stage before it)
+        reached = max(reached, int(plateau["stage"]) - (1 if int(plateau["steps"]) == 0 else 0))
+    return stages[reached]
 
 
 def eval_window(cfg: EvalConfig, model, run_dir: Path, state: dict) -> tuple[int, str]:
@@ -130,6 +134,9 @@ def score_texts(model, scorer: str, texts, cfg: EvalConfig, window: int, device,
 
 def score_files(model, tokenizer, scorer: str, files, cfg: EvalConfig, window: int, device):
     """({file: per-item candidate scores}, {file: per-item verdicts}) with one line printed per file."""
+    if scorer == "pll_word" and getattr(tokenizer, "kind", "") == "bytes":
+        raise InputError("scorer=pll_word masks the rest of a word by its pieces' word starts, which a byte "
+                         "tokenizer (tokenizer=bytes) does not have; use scorer=pll or auto")
     word_starts = tokenizer.word_start_table() if scorer == "pll_word" else None
     scores: dict[str, list[list[float]]] = {}
     verdicts: dict[str, list] = {}
@@ -137,7 +144,7 @@ def score_files(model, tokenizer, scorer: str, files, cfg: EvalConfig, window: i
         t0 = time.perf_counter()
         texts, owner = [], []
         for n, item in enumerate(tf.items):
-            for text in encode_scored(tokenizer.sp, item.context, item.candidates):
+            for text in encode_scored(tokenizer, item.context, item.candidates):
                 texts.append(text)
                 owner.append(n)
         flat = score_texts(model, scorer, texts, cfg, window, device, word_starts)

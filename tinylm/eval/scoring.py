@@ -42,30 +42,31 @@ MASKED_MODES = ("pll", "pll_word", "mntp")
 # tokenization with a scored span
 
 
-def _encode_protos(sp, texts: list[str]):
-    """sentencepiece pieces with byte offsets (the keyword changed between sentencepiece releases)."""
-    try:
-        return sp.encode(texts, return_type="proto")
-    except TypeError:
-        return sp.encode(texts, out_type="immutable_proto")
+def _spans(tok, texts: list[str]) -> list[tuple[list[int], list[int], list[int]]]:
+    """(ids, byte begins, byte ends) per text: a tinylm tokenizer's piece_spans (sentencepiece or
+    bytes), or those of a bare sentencepiece processor."""
+    if hasattr(tok, "piece_spans"):
+        return tok.piece_spans(texts)
+    from tinylm.data.words import piece_spans
+
+    return piece_spans(tok, texts)
 
 
-def encode_scored(sp, context: str, candidates: Sequence[str]) -> list[ScoredText]:
+def encode_scored(tok, context: str, candidates: Sequence[str]) -> list[ScoredText]:
     """Tokenize `context + candidate` as one text for each candidate; a token is scored when its
     bytes overlap the candidate (as the BabyLM pipeline does with offset mappings), so a piece that
-    spans the boundary (e.g. "▁the" for "...contains " + "the") belongs to the candidate."""
+    spans the boundary (e.g. "▁the" for "...contains " + "the") belongs to the candidate. `tok`: a
+    tinylm tokenizer (sentencepiece or bytes) or a sentencepiece processor."""
     start = len(context.encode("utf-8"))
     out = []
-    for proto in _encode_protos(sp, [context + c for c in candidates]):
-        pieces = list(proto.pieces)
-        ids = [p.id for p in pieces]
+    for ids, begins, ends in _spans(tok, [context + c for c in candidates]):
         # Zero-width pieces (the dummy "▁" before a user symbol, the first byte of a multi-byte
         # character) take the end of the next piece with a width.
-        scored, next_end = [False] * len(pieces), None
-        for i in range(len(pieces) - 1, -1, -1):
-            end = pieces[i].end if pieces[i].end > pieces[i].begin or next_end is None else next_end
-            if pieces[i].end > pieces[i].begin:
-                next_end = pieces[i].end
+        scored, next_end = [False] * len(ids), None
+        for i in range(len(ids) - 1, -1, -1):
+            end = ends[i] if ends[i] > begins[i] or next_end is None else next_end
+            if ends[i] > begins[i]:
+                next_end = ends[i]
             scored[i] = end > start
         out.append((ids, scored))
     return out

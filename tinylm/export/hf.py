@@ -9,7 +9,8 @@
       generation_config.json    bos / eos / pad ids
       tokenizer.json, tokenizer_config.json, special_tokens_map.json
                                 a fast tokenizer whose ids equal the sentencepiece ids
-      sentencepiece.model       the run's original tokenizer, for reference
+      sentencepiece.model       the run's original tokenizer, for reference (not for tokenizer=bytes,
+                                whose fast tokenizer is built by tinylm/export/tokenizer_bytes.py)
       tinylm_export.json        where it came from: checkpoint, step, tokens and words seen, objective,
                                 how to score it (scorer, babylm_backend), checks
 
@@ -191,11 +192,16 @@ def build_fast_tokenizer(model_file: str | Path, max_len: int, family: str = "gp
     from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
 
+    from tinylm.data.bytes import SPECIAL_PIECES, is_byte_tokenizer_file
     from tinylm.data.tokenizer import BOS_ID, CLS_ID, EOS_ID, MASK_ID, PAD_ID, SEP_ID, UNK_ID
 
-    backend = build_backend_tokenizer(model_file)
-    proto = _load_proto(model_file)
-    piece = [p.piece for p in proto.pieces]
+    if is_byte_tokenizer_file(model_file):  # tokenizer=bytes: byte b -> b + 7
+        from tinylm.export.tokenizer_bytes import build_byte_backend_tokenizer
+
+        backend, piece = build_byte_backend_tokenizer(), list(SPECIAL_PIECES)
+    else:
+        backend = build_backend_tokenizer(model_file)
+        piece = [p.piece for p in _load_proto(model_file).pieces]
     special = SpecialTokens(piece[PAD_ID], piece[UNK_ID], piece[BOS_ID], piece[EOS_ID], piece[MASK_ID], piece[CLS_ID], piece[SEP_ID])
     if not (family == "bert" if masked is None else masked):
         backend.post_processor = processors.TemplateProcessing(
@@ -328,7 +334,8 @@ def export_hf(ckpt: str | Path, out: str | Path | None = None, dtype: str = "flo
             shutil.copyfile(TEMPLATE_DIR / name, tmp / name)
         tokenizer.save_pretrained(str(tmp))
         _pin_tokenizer_class(tmp / "tokenizer_config.json")
-        shutil.copyfile(sp_tokenizer.model_file, tmp / "sentencepiece.model")
+        if getattr(sp_tokenizer, "kind", "") != "bytes":
+            shutil.copyfile(sp_tokenizer.model_file, tmp / "sentencepiece.model")
         report: dict[str, Any] = {
             "source_checkpoint": str(ckpt), "step": state.get("step"), "tokens_seen": state.get("tokens_seen"),
             "words_seen": state.get("words_seen"), "model_config": model_config, "objective": objective,

@@ -186,12 +186,15 @@ def model_card(cfg: PackageConfig, run_dir: Path, config: dict, report: dict, st
         lines += ["", "| source | train words | dev words |", "|---|---:|---:|"]
         lines += [f"| {name} | {w.get('train', 0):,} | {w.get('dev', 0):,} |" for name, w in per_source.items()]
     tok_check = next((c for c in compliance["checks"] if c["name"] == "tokenizer_within_budget"), {})
-    lines += [
-        "", "## Tokenizer", "",
+    tok_line = (
         f"sentencepiece {tok.get('model_type', '?')}, {report.get('vocab_size', tok.get('vocab_size', '?'))} pieces, "
         f"byte fallback {tok.get('byte_fallback', '?')}; trained on the budgeted train split only "
         f"(sha256 `{tok_check.get('tokenizer_sha256', '?')}`). `tokenizer.json` gives the same ids as sentencepiece; "
-        f"the original model is `sentencepiece.model`.", "",
+        f"the original model is `sentencepiece.model`." if tok.get("model_type") != "bytes" else
+        "Byte-level (no trained tokenizer): the 7 special tokens at ids 0-6, UTF-8 byte b at id b + 7 (263 ids); "
+        "`tokenizer.json` gives the same ids.")
+    lines += [
+        "", "## Tokenizer", "", tok_line, "",
         "## Recipe", "",
         f"Objective `{objective}`; {state['step']:,} optimizer steps of {config.get('train', {}).get('batch_size', '?')} x "
         f"{config.get('train', {}).get('grad_accum', 1)} sequences of {config.get('train', {}).get('seq_len', '?')} tokens.", "",

@@ -201,7 +201,7 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu"):
     """(model in eval mode, tokenizer, state) from a run directory (its newest checkpoint) or
     a checkpoint folder: what evaluation, export and packaging start from."""
     from tinylm.config import ModelConfig, to_dataclass
-    from tinylm.data.tokenizer import Tokenizer
+    from tinylm.data.tokenizer import load_tokenizer
     from tinylm.models import build_model
 
     path = Path(path)
@@ -219,6 +219,6 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu"):
     state = read_state(ckpt)
     model = build_model(to_dataclass(ModelConfig, state["model_config"]))
     load_checkpoint(ckpt, model, optimizer=None)
-    return model.to(device).eval(), Tokenizer(run_dir / "tokenizer.model"), state
+    return model.to(device).eval(), load_tokenizer(run_dir / "tokenizer.model"), state
 
 

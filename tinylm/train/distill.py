@@ -63,7 +63,7 @@ def load_teachers(cfg: ObjectiveConfig, vocab_size: int, tokenizer, device: torc
             raise InputError(f"objective.teachers: {path} has a vocabulary of {model.cfg.vocab_size} tokens, the student "
                              f"{vocab_size}; teachers must be trained with the student's tokenizer")
         if tokenizer is not None and any(
-            teacher_tok.sp.id_to_piece(i) != tokenizer.sp.id_to_piece(i) for i in range(vocab_size)
+            teacher_tok.id_to_piece(i) != tokenizer.id_to_piece(i) for i in range(vocab_size)
         ):
             raise InputError(f"objective.teachers: {path} uses a different tokenizer (same size, other pieces); teachers "
                              "must be trained on the same corpus with the same tokenizer settings")

@@ -147,6 +147,9 @@ class RankShare:
     def state_dict(self) -> dict:
         return self.loader.state_dict()
 
+    def observe_loss(self, loss: float):  # the mean loss over the ranks: every rank switches alike
+        return self.loader.observe_loss(loss)
+
     def load_state_dict(self, state: dict) -> None:
         self.loader.load_state_dict(state)
 

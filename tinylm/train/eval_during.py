@@ -49,7 +49,7 @@ class TaskTracker:
         for tf in self.files:
             texts, owner = [], []
             for n, item in enumerate(tf.items):
-                for text in encode_scored(tokenizer.sp, item.context, item.candidates):
+                for text in encode_scored(tokenizer, item.context, item.candidates):
                     texts.append(text)
                     owner.append(n)
             self.texts[tf.source] = (texts, owner)

@@ -313,6 +313,7 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str, stop
         step += 1
         tokens_seen += tokens_per_step
         interval_tokens += tokens_per_step
+        switch = loader.observe_loss(loss_value)  # curriculum.seq_len_trigger=loss (tinylm/data/growlength.py)
         if sharded and crossed(milestones.words, words_seen, milestones.unit):
             distributed.consolidated(model, ctx, snapshot)
         written = milestones.update(step, tokens_seen, words_seen)  # before the checkpoint: a resume never skips one
@@ -347,6 +348,9 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str, stop
             dev_loss = dev["dev_loss"]
             metrics.log({"step": step, "tokens_seen": tokens_seen, "words_seen": words_seen, **dev})
             log.info(step_line({"step": step, **dev}, tc.steps, time.perf_counter() - run_start, 0))
+        if switch:
+            metrics.log({"step": step, "tokens_seen": tokens_seen, "words_seen": words_seen, **switch})
+            log.info(f"curriculum: seq_len {switch['seq_len']} from step {step + 1} ({switch['seq_len_switch']})")
         if tc.sample_every and step % tc.sample_every == 0 and step != tc.steps:
             if sharded:
                 distributed.consolidated(model, ctx, snapshot)
