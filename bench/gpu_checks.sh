@@ -10,7 +10,9 @@
 #   3. bench/bench_train.py: GPT training tokens/s and MFU, tinylm (Triton) against a plain
 #      compiled PyTorch GPT and against tinylm with kernels=torch, at 124M and ~30M shapes; then
 #      mlstm_30m's own shape (the mLSTM kernel end to end, kernels=triton vs kernels=torch).
-# Results land in $OUT (the device tool's output folder) or bench/results/.
+# Results land in $OUT (the device tool's output folder) or bench/results/. The step timeouts add up
+# to 540 s, so the whole script fits one 10-minute device call with time to spare for its start;
+# a step cut by its timeout still leaves what it printed in its log.
 #
 # The lent machine has torch and triton but not hydra-core/omegaconf: carry their wheels in .whl/
 # (see ../shared/ENV.md), e.g. run(command="bash bench/gpu_checks.sh", carry=[".whl"]).
@@ -27,9 +29,9 @@ export PYTHONPATH=".:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 $PY -c "import tinylm.kernels" 2>/dev/null || ln -sfn ../kernels tinylm/kernels
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu_info.txt"
 $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu_info.txt"
-timeout 240 $PY -m pytest -q -m gpu tests/kernels 2>&1 | tee "$OUT/gpu_tests.txt"
-timeout 240 $PY bench/bench_kernels.py --only attention doc bert layernorm ce --out "$OUT/kernels_gpu.md" 2>&1 | tee "$OUT/bench_kernels.log"
-timeout 150 $PY bench/bench_kernels.py --only mlstm --rep 50 --out "$OUT/kernels_mlstm_gpu.md" 2>&1 | tee "$OUT/bench_kernels_mlstm.log"
-timeout 240 $PY bench/bench_train.py --out "$OUT/train_gpu.md" 2>&1 | tee "$OUT/bench_train.log"
-timeout 150 $PY bench/bench_train.py --families mlstm --shapes mlstm_30m --out "$OUT/train_mlstm_gpu.md" 2>&1 | tee "$OUT/bench_train_mlstm.log"
-timeout 150 $PY bench/bench_eval.py --out "$OUT/eval_gpu.md" 2>&1 | tee "$OUT/bench_eval.log"
+timeout 110 $PY -m pytest -q -m gpu tests/kernels 2>&1 | tee "$OUT/gpu_tests.txt"
+timeout 130 $PY bench/bench_kernels.py --only attention doc bert layernorm ce --out "$OUT/kernels_gpu.md" 2>&1 | tee "$OUT/bench_kernels.log"
+timeout 80 $PY bench/bench_kernels.py --only mlstm --rep 50 --out "$OUT/kernels_mlstm_gpu.md" 2>&1 | tee "$OUT/bench_kernels_mlstm.log"
+timeout 110 $PY bench/bench_train.py --out "$OUT/train_gpu.md" 2>&1 | tee "$OUT/bench_train.log"
+timeout 60 $PY bench/bench_train.py --families mlstm --shapes mlstm_30m --out "$OUT/train_mlstm_gpu.md" 2>&1 | tee "$OUT/bench_train_mlstm.log"
+timeout 50 $PY bench/bench_eval.py --out "$OUT/eval_gpu.md" 2>&1 | tee "$OUT/bench_eval.log"

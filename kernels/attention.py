@@ -458,28 +458,45 @@ def _attn_bwd_dq_kernel(
 _KEY = ["T_BUCKET", "HEAD_DIM", "IS_CAUSAL", "HAS_KPM", "HAS_DOC", "PRECISION"]
 
 
-def _autotuned(kernel, cpu, gpu, key=_KEY):
+def mask_name(is_causal: bool, has_kpm: bool, has_doc: bool) -> str:
+    """The mask combination of a launch, as the config tables below and tinylm.kernels.aot name it."""
+    parts = [n for n, on in (("causal", is_causal), ("pad", has_kpm), ("doc", has_doc)) if on]
+    return "+".join(parts) or "none"
+
+
+def _autotuned(kernel, cpu, gpu, key=_KEY, spills=None):
     """Autotune `kernel` over the GPU configs of its class; one fixed config under the interpreter
     (which cannot autotune). `key`: the argument names a new tuning depends on.
 
     gpu: {"d64" | "d128" | "fp32": [(BLOCK_M, BLOCK_N, num_warps, num_stages), ...]}, BLOCK_M =
-    queries and BLOCK_N = keys in every kernel. The lists were chosen by compiling for sm_90 and
-    dropping configs that spill registers: 16-bit inputs with head dim <= 64, head dim 128
-    (fp32 accumulators twice as wide), and fp32 inputs (3xTF32 dots need more registers). The
-    interpreter blocks are small and unequal (BLOCK_M != BLOCK_N) so that the CPU tests cross
-    block boundaries and cover the loop splits the GPU configs use.
+    queries and BLOCK_N = keys in every kernel: 16-bit inputs with head dim <= 64 (optionally
+    "d32" for head dim <= 32 on its own), head dim 128 (fp32 accumulators twice as wide), fp32
+    inputs (3xTF32 dots need more registers).
+    spills: {class: {config: (mask names, ...)}}: the mask combinations for which that config
+    spills registers on sm_80 or sm_90 (found by `make test-aot`); it is pruned for those only.
+    ptxas's register allocation at ~255 registers is erratic (a smaller tile can spill where a
+    larger one does not), so the tables record what the compiler did, not a rule. "auto" launches
+    only the d32/d64 classes, whose every remaining config compiles spill-free on both architectures;
+    d128 and fp32 (kernels=triton only) may spill. The interpreter blocks are small and unequal
+    (BLOCK_M != BLOCK_N) so that the CPU tests cross block boundaries and cover the loop splits
+    the GPU configs use.
     """
     if _INTERPRET:
         return triton.autotune([triton.Config(cpu, num_warps=4, num_stages=1)], key=key)(kernel)
-
-    def config_class(named_args, kwargs):
-        args = {**named_args, **kwargs}
-        if args.get("PRECISION") != "tf32":
-            return "fp32"
-        return "d128" if (args.get("HEAD_DIM") or 64) > 64 else "d64"
+    spills = spills or {}
 
     def prune(configs, named_args, **kwargs):
-        wanted = set(gpu[config_class(named_args, kwargs)])
+        args = {**named_args, **kwargs}
+        head_dim = args.get("HEAD_DIM") or 64
+        if args.get("PRECISION") != "tf32":
+            cls = "fp32"
+        elif head_dim > 64:
+            cls = "d128"
+        else:
+            cls = "d32" if head_dim <= 32 and "d32" in gpu else "d64"
+        mask = mask_name(bool(args.get("IS_CAUSAL")), bool(args.get("HAS_KPM")), bool(args.get("HAS_DOC")))
+        avoid = {cfg for cfg, masks in spills.get(cls, {}).items() if mask in masks}
+        wanted = set(gpu[cls]) - avoid
         return [c for c in configs
                 if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted]
 
@@ -490,21 +507,46 @@ def _autotuned(kernel, cpu, gpu, key=_KEY):
         kernel)
 
 
+# Head dims 32 and 64 share the d64 lists and spill tables (the union of both head dims' spills)
+# unless a d32 class is given: dQ has no config that is spill-free for both with padding + documents.
 _fwd_kernel = _autotuned(_attn_fwd_kernel, {"BLOCK_M": 64, "BLOCK_N": 32}, {
-    "d64": [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3)],
-    "d128": [(128, 64, 8, 3), (128, 64, 8, 2), (128, 32, 8, 3), (64, 64, 4, 3)],
-    "fp32": [(64, 32, 4, 2), (32, 32, 4, 2)],
-})
+    "d64": [(128, 64, 8, 3), (64, 64, 4, 3), (64, 64, 8, 3), (128, 32, 8, 3)],
+    "d128": [(128, 32, 8, 3), (64, 64, 4, 3)],
+    "fp32": [(64, 32, 4, 2)],
+}, spills={"d64": {
+    (128, 64, 8, 3): ("causal",),
+    (64, 64, 4, 3): ("causal+pad",),
+    (64, 64, 8, 3): ("causal+doc",),
+    (128, 32, 8, 3): ("causal+doc", "causal+pad", "pad+doc", "doc"),
+}})
 _dkdv_kernel = _autotuned(_attn_bwd_dkdv_kernel, {"BLOCK_M": 32, "BLOCK_N": 64}, {
-    "d64": [(32, 128, 4, 3), (64, 128, 8, 3), (64, 64, 4, 3)],
-    "d128": [(64, 64, 8, 3), (32, 128, 8, 3), (64, 64, 8, 2), (32, 64, 8, 2)],
-    "fp32": [(32, 64, 8, 2), (32, 32, 4, 2)],
-})
+    "d64": [(64, 64, 8, 3), (32, 64, 4, 2), (32, 128, 8, 3)],
+    "d128": [(64, 64, 8, 3), (32, 64, 8, 2)],
+    "fp32": [(32, 64, 8, 2)],
+}, spills={"d64": {(32, 128, 8, 3): ("causal",)}})
 _dq_kernel = _autotuned(_attn_bwd_dq_kernel, {"BLOCK_M": 64, "BLOCK_N": 32}, {
-    "d64": [(128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3)],
-    "d128": [(128, 32, 8, 3), (64, 64, 8, 3), (128, 64, 8, 2), (64, 32, 4, 3)],
-    "fp32": [(64, 32, 4, 2), (32, 32, 4, 2)],
+    "d32": [(128, 32, 8, 3), (64, 64, 8, 3), (32, 128, 8, 3)],
+    "d64": [(32, 128, 8, 3), (128, 64, 8, 3), (64, 64, 8, 3), (128, 32, 8, 3)],
+    "d128": [(128, 32, 8, 3), (64, 32, 4, 3)],
+    "fp32": [(64, 32, 4, 2)],
+}, spills={
+    "d32": {(64, 64, 8, 3): ("pad+doc",), (32, 128, 8, 3): ("causal", "pad+doc")},
+    "d64": {
+        (128, 32, 8, 3): ("causal+doc", "pad+doc", "doc"),
+        (64, 64, 8, 3): ("causal+doc", "pad+doc"),
+        (128, 64, 8, 3): ("causal+doc", "causal+pad"),
+    },
 })
+
+
+# _bwd_delta_kernel: BLOCK_M rows of O and dO (BLOCK_D wide) per program with 8 warps, 16 elements of
+# each per thread. Compiled for every head dim and dtype spill-free this way; 128 rows at head dim
+# 128 spilled, and fp16 spilled 40 bytes at exactly 32 elements per thread (tinylm.kernels.aot).
+DELTA_WARPS = 8
+
+
+def delta_block_m(block_d: int) -> int:
+    return 64 if _INTERPRET else 4096 // block_d
 
 
 def _strides(x: torch.Tensor) -> tuple[int, int, int]:
@@ -567,10 +609,10 @@ def _attn_backward(do, q, k, v, o, lse, kpm, doc, kspan, qspan, causal, scale):
     B, H, T, D = q.shape
     c = _common(q, kpm, doc, causal)
     delta = torch.empty((B * H, T), dtype=torch.float32, device=q.device)
-    BLOCK = 64 if _INTERPRET else 128
+    BLOCK = delta_block_m(c["BLOCK_D"])
     _bwd_delta_kernel[(triton.cdiv(T, BLOCK), B * H)](
         o, do, delta, *_strides(o), *_strides(do), H, T,
-        HEAD_DIM=D, BLOCK_D=c["BLOCK_D"], BLOCK_M=BLOCK,
+        HEAD_DIM=D, BLOCK_D=c["BLOCK_D"], BLOCK_M=BLOCK, num_warps=DELTA_WARPS,
     )
     dq = torch.empty((B, H, T, D), dtype=q.dtype, device=q.device)
     dk = torch.empty((B, H, T, D), dtype=k.dtype, device=q.device)
