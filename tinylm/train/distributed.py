@@ -225,6 +225,17 @@ def no_sync(train_model, last: bool):
     return train_model.no_sync()
 
 
+def average_grads(params: list[torch.Tensor], ctx: Dist) -> None:
+    """Average the gradients of parameters DDP does not hold (an objective's own modules: MTP heads,
+    the bootstrap predictor) over the ranks, as DDP does for the model's."""
+    if not ctx.active:
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad.div_(ctx.world)
+
+
 # -- FSDP2: sharded checkpoints during training, consolidated weights for everything else ---------
 
 def dcp_dir(ckpt: Path) -> Path:
