@@ -102,6 +102,24 @@ def test_mtp_trains_every_causal_family(name, family):
     assert all(p.grad is None for p in obj.trainable_parameters())  # zeroed by the optimizer like the model's
 
 
+def test_the_extra_heads_train_in_the_optimizer_with_muon_for_their_matrices():
+    from tinylm.config import OptimConfig
+    from tinylm.train.optim import build_optimizer
+
+    model = tiny()
+    obj = build_objective(ObjectiveConfig(name="clm", mtp_heads=3), model, V, 10, 0, CPU)
+    opt = build_optimizer(model, OptimConfig(name="muon"), extra=obj.module)
+    muon = {id(p) for g in opt.param_groups if g["use_muon"] for p in g["params"]}
+    adamw = {id(p) for g in opt.param_groups if not g["use_muon"] for p in g["params"]}
+    for head in obj.module.heads:
+        assert {id(head.fc.weight), id(head.proj.weight)} <= muon
+        assert {id(head.norm.weight), id(head.norm.bias)} <= adamw
+    # the model's parameters come first, in their usual order: a run without extra heads is unchanged
+    plain = build_optimizer(model, OptimConfig(name="muon"))
+    for g, h in zip(plain.param_groups, opt.param_groups):
+        assert [id(p) for p in g["params"]] == [id(p) for p in h["params"]][: len(g["params"])]
+
+
 @pytest.mark.parametrize("overrides,message", [
     (dict(name="mlm", mtp_heads=2), "objective.mtp_heads=2"),
     (dict(name="clm", mtp_heads=0), "objective.mtp_heads=0"),
@@ -310,8 +328,6 @@ def test_mtp_pretrains_resumes_bit_exact_and_exports_without_its_heads(tmp_path,
                                             rel=1e-5)
     assert sorted({k.split(".")[1] for k in extra}) == ["0", "1"]  # two extra heads, trained (proj left zero init)
     assert any(k.endswith("proj.weight") and extra[k].abs().sum() > 0 for k in extra)
-    state = json.loads((checkpoint_dirs(full)[-1] / "state.json").read_text())
-    assert state["optimizer_groups"][0]["use_muon"]  # the heads' matrices train with Muon like the model's
     report = _export_holds_only_the_model(full, list(extra))
     assert report["heads"] == ["causal"]
 
@@ -330,3 +346,42 @@ def test_bootstrap_pretrains_resumes_bit_exact_and_exports_the_student(tmp_path,
     assert run_objective(full, "bert") == "bootstrap" and default_scorer(run_objective(full, "bert")) == "pll"
     report = _export_holds_only_the_model(full, list(extra))
     assert report["heads"] == ["masked"] and report["scorer"] == "pll"
+
+
+def test_mtp_under_ddp_matches_one_process_with_the_global_batch(tmp_path, cache_dir):
+    """The extra heads live outside DDP's model: their gradients are averaged over the ranks by the
+    loop (distributed.average_grads), so 2 ranks x 4 rows train them as 1 process x 8 rows does."""
+    from test_distributed import TEN_STEPS, _assert_same_run, run_ranks
+    from safetensors.torch import load_file
+
+    mtp_on = ("objective.mtp_heads=2", "optim.name=muon")
+    one, ddp = tmp_path / "one", tmp_path / "ddp"
+    pretrain(smoke_config(one, cache_dir, *TEN_STEPS, *mtp_on, "train.batch_size=8"))
+    run_ranks(ddp, cache_dir, *TEN_STEPS, *mtp_on, "train.batch_size=4")
+    _assert_same_run(ddp, one, tol=1e-5)
+    heads = [load_file(str(checkpoint_dirs(r)[-1] / "objective.safetensors")) for r in (one, ddp)]
+    assert heads[0].keys() == heads[1].keys()
+    for k in heads[0]:
+        torch.testing.assert_close(heads[1][k], heads[0][k], atol=1e-5, rtol=0, msg=k)
+
+
+def test_a_resume_with_other_objective_options_is_refused_in_one_line(tmp_path, cache_dir, one_thread):
+    run = tmp_path / "run"
+    pretrain(smoke_config(run, cache_dir, "objective.mtp_heads=2", "train.steps=4"))
+    for overrides, says in [(("objective.mtp_heads=1",), "that this run has no use for"),
+                            (("objective.mtp_heads=3",), "does not fit this run's objective")]:
+        with pytest.raises(InputError, match=says) as e:
+            pretrain(smoke_config(run, cache_dir, *overrides, "train.steps=6", "train.resume=auto"))
+        assert "\n" not in str(e.value)
+    assert not list(run.glob("config.resumed_at_*"))  # refused before anything was written
+
+
+def test_a_bad_option_exits_2_with_one_error_line(tmp_path):
+    from helpers import run_cli
+
+    out = run_cli("tinylm.pretrain", "debug=cpu_smoke", "model=bert_tiny", "objective=mlm", "objective.mtp_heads=2",
+                  f"run_dir={tmp_path / 'run'}", f"data.cache_dir={tmp_path / 'cache'}")
+    assert out.returncode == 2
+    lines = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and "objective.mtp_heads=2" in lines[0] and "objective=clm" in lines[0]
+    assert not (tmp_path / "run").exists()

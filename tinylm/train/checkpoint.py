@@ -195,11 +195,17 @@ def load_checkpoint(ckpt: str | Path, model: torch.nn.Module, optimizer: torch.o
     ckpt = Path(ckpt)
     state = read_state(ckpt)
     missing, unexpected = load_model(model, str(ckpt / "model.safetensors"), strict=True)
+    # The objective's own weights (MTP heads, the bootstrap teacher): a resume needs the same options.
+    fix = "resume with the objective options it was trained with (objective.mtp_heads, objective=bootstrap)"
     if extra is not None:
         if not (ckpt / OBJECTIVE_FILE).is_file():
-            raise InputError(f"checkpoint {ckpt} has no {OBJECTIVE_FILE}: it was trained without objective.mtp_heads > 1 "
-                             "or objective=bootstrap; resume it with the objective it was trained with")
-        load_model(extra, str(ckpt / OBJECTIVE_FILE), strict=True)
+            raise InputError(f"checkpoint {ckpt} has no {OBJECTIVE_FILE} (its objective kept no weights of its own); {fix}")
+        try:
+            load_model(extra, str(ckpt / OBJECTIVE_FILE), strict=True)
+        except RuntimeError:
+            raise InputError(f"checkpoint {ckpt}: its {OBJECTIVE_FILE} does not fit this run's objective; {fix}") from None
+    elif optimizer is not None and (ckpt / OBJECTIVE_FILE).is_file():
+        raise InputError(f"checkpoint {ckpt} holds {OBJECTIVE_FILE} (weights of its objective) that this run has no use for; {fix}")
     if optimizer is not None:
         tensors = load_file(str(ckpt / "state.safetensors"))
         per_param: dict[int, dict[str, torch.Tensor]] = {}

@@ -225,6 +225,16 @@ def no_sync(train_model, last: bool):
     return train_model.no_sync()
 
 
+def broadcast_module(module: torch.nn.Module | None, ctx: Dist) -> None:
+    """Rank 0's weights in a module DDP does not hold (an objective's own: MTP heads, the bootstrap
+    predictor), on every rank: each rank initialised it from its own random stream."""
+    if not ctx.active or module is None:
+        return
+    with torch.no_grad():
+        for t in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(t.data, src=0)
+
+
 def average_grads(params: list[torch.Tensor], ctx: Dist) -> None:
     """Average the gradients of parameters DDP does not hold (an objective's own modules: MTP heads,
     the bootstrap predictor) over the ranks, as DDP does for the model's."""

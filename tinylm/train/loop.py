@@ -180,6 +180,7 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str, stop
                          "train.strategy=fsdp does not shard; use train.strategy=ddp")
     objective = build_objective(cfg.objective, model, model_cfg.vocab_size, tc.steps, distributed.rank_seed(tc.seed, ctx.rank),
                                 device, data.tokenizer)
+    distributed.broadcast_module(objective.module, ctx)  # as DDP does for the model
     optimizer = build_optimizer(model, cfg.optim, extra=objective.module)  # + the objective's own trained weights
     trained = [*model.parameters(), *objective.trainable_parameters()]
     try:
