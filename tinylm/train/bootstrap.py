@@ -136,8 +136,8 @@ def teacher_states(teacher: nn.Module, input_ids: torch.Tensor, layers: list[int
 
 
 class Bootstrap(MLM):
-    """Boot-BERT: the masked tokens' contextual embeddings of an EMA teacher (tinylm/train/py)
-    plus bootstrap_mlm_weight x the MLM loss. Evaluated (dev loss) and scored as mlm."""
+    """Boot-BERT (see the module docstring): the latent loss plus bootstrap_mlm_weight x the MLM
+    loss. Evaluated (dev loss) and scored as mlm."""
 
     name = "bootstrap"
 
@@ -158,11 +158,11 @@ class Bootstrap(MLM):
         target = bootstrap_target(teacher_states(self.module.teacher, ids, list(self.cfg.bootstrap_layers), docs))
         h = student[0][scored]
         pred = self.module.predictor(F.layer_norm(h, h.shape[-1:]))
-        latent = latent_loss(pred, target[scored], self.cfg.bootstrap_loss)
+        # a batch without masked tokens (tiny windows): zero, still a function of the predictor
+        latent = latent_loss(pred, target[scored], self.cfg.bootstrap_loss) if bool(scored.any()) else 0.0 * pred.sum()
         stats.update(mlm_loss=mlm.item(), latent_loss=latent.item(), mask_rate=float(chosen.sum()) / max(1, int((input_ids >= N_SPECIAL).sum())),
                      ema_decay=ema_decay_at(step, self.total_steps, self.cfg.ema_decay, self.cfg.ema_decay_end))
         return latent + self.cfg.bootstrap_mlm_weight * mlm, stats
 
     def after_step(self, model, step: int) -> None:
-        ema_update(self.module.teacher, model,
-                             ema_decay_at(step, self.total_steps, self.cfg.ema_decay, self.cfg.ema_decay_end))
+        ema_update(self.module.teacher, model, ema_decay_at(step, self.total_steps, self.cfg.ema_decay, self.cfg.ema_decay_end))

@@ -238,10 +238,16 @@ def broadcast_module(module: torch.nn.Module | None, ctx: Dist) -> None:
 def average_grads(params: list[torch.Tensor], ctx: Dist) -> None:
     """Average the gradients of parameters DDP does not hold (an objective's own modules: MTP heads,
     the bootstrap predictor) over the ranks, as DDP does for the model's."""
-    if not ctx.active:
+    if not ctx.active or not params:
         return
-    for p in params:
-        if p.grad is not None:
+    # A parameter may have no gradient on one rank and one on another (an MTP head on a step of
+    # masked rows only is idle everywhere; a rank without masked tokens is not): agree first.
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=params[0].device)
+    dist.all_reduce(has, op=dist.ReduceOp.MAX)
+    for p, anywhere in zip(params, has.tolist()):
+        if anywhere:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
             dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
             p.grad.div_(ctx.world)
 
