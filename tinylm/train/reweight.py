@@ -22,6 +22,8 @@ mean. The spread of the weights (max / min and std over the weighted rows) goes 
 Every objective uses it on its cross-entropy terms (clm and distill: the hard next-token loss; mlm:
 the masked tokens; hybrid: the causal rows and the masked rows each among themselves). Not weighted:
 the distillation soft term, the extra heads of multi-token prediction, the bootstrap latent loss.
+The weighted loss needs per-token losses with gradients, so with reweighting on the head and the
+cross-entropy run unfused (the (tokens, V) logits exist, as for distillation), also on CUDA.
 """
 
 from __future__ import annotations
