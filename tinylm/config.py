@@ -162,7 +162,7 @@ class TrainConfig:
 
 @dataclass
 class ObjectiveConfig:
-    name: str = "clm"  # clm | mlm | hybrid (GPT-BERT: causal + masked next-token) | distill (clm on teachers)
+    name: str = "clm"  # clm | mlm | hybrid (GPT-BERT: causal + masked next-token) | distill (clm on teachers) | bootstrap
     # masking (mlm, and the masked rows of hybrid); the rate moves linearly from start to end over training
     mask_rate_start: float = 0.15
     mask_rate_end: float = 0.15
@@ -180,6 +180,19 @@ class ObjectiveConfig:
     teachers: list[str] = field(default_factory=list)  # run directories or checkpoint folders
     distill_temperature: float = 2.0
     distill_alpha: float = 0.5  # weight of the hard-label loss; 1 - alpha on the soft targets
+    # multi-token prediction (clm, distill, the causal rows of hybrid): tinylm/train/mtp.py
+    mtp_heads: int = 1  # n: heads predicting tokens t+1..t+n (1: off); the extra heads are dropped at export
+    mtp_weight: float = 1.0  # weight of each extra head's loss: (CE_1 + w * sum CE_k) / n
+    # loss-based row reweighting (every objective): tinylm/train/reweight.py
+    reweight: str = "none"  # none | softmax (of row loss / T) | rank (softmax of the row's loss quantile / T)
+    reweight_temperature: float = 1.0
+    reweight_clip: float = 4.0  # no row weighs more than clip x the mean (then renormalised to mean 1)
+    # latent bootstrapping (objective=bootstrap, Boot-BERT): tinylm/train/bootstrap.py
+    ema_decay: float = 0.996  # EMA teacher decay at step 0 ...
+    ema_decay_end: float = 1.0  # ... moving linearly to this at the last step (Samuel 2023: 0.996 -> 1)
+    bootstrap_layers: list[int] = field(default_factory=lambda: [-1])  # teacher layers averaged into the target
+    bootstrap_loss: str = "smooth_l1"  # smooth_l1 | mse, on layer-normalised teacher states
+    bootstrap_mlm_weight: float = 0.1  # + this x the MLM loss on the same masked tokens (0: latent target only)
 
 
 @dataclass

@@ -54,7 +54,7 @@ def check_can_generate(model, run_dir: Path, ckpt: Path) -> None:
 
     objective = run_objective(run_dir, family)
     if CAUSAL not in reads(objective):
-        raise InputError(f"ckpt={ckpt}: a {family} trained with objective=mlm (masked only) cannot continue a prompt; "
+        raise InputError(f"ckpt={ckpt}: a {family} trained with objective={objective} (masked only) cannot continue a prompt; "
                          "train it with objective=hybrid (GPT-BERT) or clm to generate, or score it with python -m tinylm.eval")
 
 

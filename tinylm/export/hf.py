@@ -57,7 +57,7 @@ TEMPLATE_DIR = Path(__file__).resolve().parent
 TEMPLATES = ("configuration_tinylm.py", "modeling_tinylm.py", "modeling_tinylm_layers.py", "modeling_tinylm_gpt.py",
              "modeling_tinylm_bert.py", "modeling_tinylm_mlstm.py")
 FAMILIES = ("gpt", "bert", "mlstm")
-OBJECTIVES = ("clm", "mlm", "hybrid", "distill")
+OBJECTIVES = ("clm", "mlm", "hybrid", "distill", "bootstrap")
 HEAD_CLASS = {"causal": "TinyLMForCausalLM", "masked": "TinyLMForMaskedLM"}
 CAUSAL_LM = "modeling_tinylm.TinyLMForCausalLM"
 MASKED_LM = "modeling_tinylm.TinyLMForMaskedLM"
@@ -69,7 +69,7 @@ def heads_of(family: str, objective: str) -> list[str]:
         return ["causal"]
     if objective == "hybrid":
         return ["causal", "masked"]
-    return ["masked"] if objective == "mlm" else ["causal"]
+    return ["masked"] if objective in ("mlm", "bootstrap") else ["causal"]
 
 
 def auto_map(family: str, objective: str) -> dict[str, str]:

@@ -149,7 +149,7 @@ def model_card(cfg: PackageConfig, run_dir: Path, config: dict, report: dict, st
     family = mc.get("family", "gpt")
     repo = cfg.repo_id or "USER/NAME"
     heads = {"gpt": "AutoModelForCausalLM", "mlstm": "AutoModelForCausalLM"}.get(family) or (
-        "AutoModelForMaskedLM" if objective in ("mlm", "hybrid") else "AutoModelForCausalLM")
+        "AutoModelForMaskedLM" if objective in ("mlm", "hybrid", "bootstrap") else "AutoModelForCausalLM")
     tok = config.get("tokenizer", {})
     words_seen, words_train = compliance["words_seen"], compliance["words_train"]
     lines = [
@@ -171,7 +171,7 @@ def model_card(cfg: PackageConfig, run_dir: Path, config: dict, report: dict, st
            }.get(family, "AutoModel loads the encoder; " + (
                "AutoModelForMaskedLM runs it bidirectionally (masked tokens predicted at the position before them, MNTP) "
                "and AutoModelForCausalLM causally (GPT-BERT)." if objective == "hybrid" else
-               "AutoModelForMaskedLM runs it bidirectionally." if objective == "mlm" else
+               "AutoModelForMaskedLM runs it bidirectionally." if objective in ("mlm", "bootstrap") else
                "AutoModelForCausalLM runs it causally.")), "",
         "## Training data", "",
         f"- train split: {words_train:,} words in {report.get('documents_train', '?'):,} documents"

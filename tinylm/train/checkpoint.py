@@ -5,6 +5,8 @@ A checkpoint is a folder `checkpoints/step_00000200/`:
     state.safetensors    optimizer moments and the RNG states
     state.json           step, tokens/words seen, loader position, optimizer hyper-parameters,
                          the model config, and the data the run was trained on
+    objective.safetensors  only when the objective owns weights besides the model's (MTP heads,
+                         the bootstrap EMA teacher and predictor): trained and resumed, never exported
     manifest.json        sha256 and size of each file above, written last
 It is built under a temporary name and renamed into place (tinylm.utils.atomic_dir), so a process
 killed while writing leaves the previous checkpoint as the newest loadable one. The manifest catches
@@ -31,6 +33,7 @@ from tinylm.utils import atomic_dir, sha256_file
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 MANIFEST = "manifest.json"
 CHECKPOINT_FILES = ("model.safetensors", "state.safetensors", "state.json")
+OBJECTIVE_FILE = "objective.safetensors"
 
 log = logging.getLogger(__name__)
 
@@ -132,11 +135,12 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None,
     state: dict[str, Any],
     keep: int,
+    extra: torch.nn.Module | None = None,
 ) -> Path:
     """Write the checkpoint after `step` optimizer steps; keep only the newest `keep` of them (and
     always the newest intact one). Refuses (NonFiniteWeights) weights holding NaN or inf.
     optimizer=None: its state is kept elsewhere (FSDP's sharded step_N.dcp, tinylm/train/distributed.py)."""
-    bad = non_finite_weights(model)
+    bad = non_finite_weights(model) + (non_finite_weights(extra) if extra is not None else [])
     if bad:
         raise NonFiniteWeights(f"{len(bad)} weight tensor(s) hold NaN/inf (first: {bad[0]}); checkpoint of step {step} not written")
     final = Path(run_dir) / "checkpoints" / f"step_{step:08d}"
@@ -152,7 +156,11 @@ def save_checkpoint(
         save_model(model, str(tmp / "model.safetensors"))
         save_file(tensors, str(tmp / "state.safetensors"))
         (tmp / "state.json").write_text(json.dumps({"step": step, **state, "optimizer_groups": groups}, indent=2) + "\n")
-        files = {n: {"bytes": (tmp / n).stat().st_size, "sha256": sha256_file(tmp / n)} for n in CHECKPOINT_FILES}
+        names = CHECKPOINT_FILES
+        if extra is not None:
+            save_model(extra, str(tmp / OBJECTIVE_FILE))
+            names += (OBJECTIVE_FILE,)
+        files = {n: {"bytes": (tmp / n).stat().st_size, "sha256": sha256_file(tmp / n)} for n in names}
         (tmp / MANIFEST).write_text(json.dumps({"files": files}, indent=2, sort_keys=True) + "\n")
     rotate(run_dir, keep)
     return final
@@ -180,11 +188,24 @@ def read_state(ckpt: str | Path) -> dict[str, Any]:
     return state
 
 
-def load_checkpoint(ckpt: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
-    """Restore weights (and optimizer + RNG when `optimizer` is given); returns state.json."""
+def load_checkpoint(ckpt: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+                    extra: torch.nn.Module | None = None) -> dict[str, Any]:
+    """Restore weights (and optimizer + RNG when `optimizer` is given, the objective's own weights
+    when `extra` is); returns state.json."""
     ckpt = Path(ckpt)
     state = read_state(ckpt)
     missing, unexpected = load_model(model, str(ckpt / "model.safetensors"), strict=True)
+    # The objective's own weights (MTP heads, the bootstrap teacher): a resume needs the same options.
+    fix = "resume with the objective options it was trained with (objective.mtp_heads, objective=bootstrap)"
+    if extra is not None:
+        if not (ckpt / OBJECTIVE_FILE).is_file():
+            raise InputError(f"checkpoint {ckpt} has no {OBJECTIVE_FILE} (its objective kept no weights of its own); {fix}")
+        try:
+            load_model(extra, str(ckpt / OBJECTIVE_FILE), strict=True)
+        except RuntimeError:
+            raise InputError(f"checkpoint {ckpt}: its {OBJECTIVE_FILE} does not fit this run's objective; {fix}") from None
+    elif optimizer is not None and (ckpt / OBJECTIVE_FILE).is_file():
+        raise InputError(f"checkpoint {ckpt} holds {OBJECTIVE_FILE} (weights of its objective) that this run has no use for; {fix}")
     if optimizer is not None:
         tensors = load_file(str(ckpt / "state.safetensors"))
         per_param: dict[int, dict[str, torch.Tensor]] = {}

@@ -225,6 +225,33 @@ def no_sync(train_model, last: bool):
     return train_model.no_sync()
 
 
+def broadcast_module(module: torch.nn.Module | None, ctx: Dist) -> None:
+    """Rank 0's weights in a module DDP does not hold (an objective's own: MTP heads, the bootstrap
+    predictor), on every rank: each rank initialised it from its own random stream."""
+    if not ctx.active or module is None:
+        return
+    with torch.no_grad():
+        for t in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(t.data, src=0)
+
+
+def average_grads(params: list[torch.Tensor], ctx: Dist) -> None:
+    """Average the gradients of parameters DDP does not hold (an objective's own modules: MTP heads,
+    the bootstrap predictor) over the ranks, as DDP does for the model's."""
+    if not ctx.active or not params:
+        return
+    # A parameter may have no gradient on one rank and one on another (an MTP head on a step of
+    # masked rows only is idle everywhere; a rank without masked tokens is not): agree first.
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=params[0].device)
+    dist.all_reduce(has, op=dist.ReduceOp.MAX)
+    for p, anywhere in zip(params, has.tolist()):
+        if anywhere:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad.div_(ctx.world)
+
+
 # -- FSDP2: sharded checkpoints during training, consolidated weights for everything else ---------
 
 def dcp_dir(ckpt: Path) -> Path:

@@ -175,9 +175,14 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str, stop
     train_model = distributed.wrap_model(model, ctx, tc.strategy, device, precision.dtype == torch.bfloat16)
     snapshot = build_model(model_cfg) if sharded and ctx.is_main else None  # rank 0's full CPU copy (FSDP)
     sample_device = torch.device("cpu") if sharded else device
-    optimizer = build_optimizer(model, cfg.optim)
+    if sharded and (cfg.objective.mtp_heads > 1 or cfg.objective.name == "bootstrap"):
+        raise InputError("objective.mtp_heads > 1 and objective=bootstrap keep weights beside the model, which "
+                         "train.strategy=fsdp does not shard; use train.strategy=ddp")
     objective = build_objective(cfg.objective, model, model_cfg.vocab_size, tc.steps, distributed.rank_seed(tc.seed, ctx.rank),
                                 device, data.tokenizer)
+    distributed.broadcast_module(objective.module, ctx)  # as DDP does for the model
+    optimizer = build_optimizer(model, cfg.optim, extra=objective.module)  # + the objective's own trained weights
+    trained = [*model.parameters(), *objective.trainable_parameters()]
     try:
         # One loader for the global batch; each rank trains on its share of the rows.
         loader = make_loader(data.train, cfg.curriculum, tc.seq_len, tc.batch_size * ctx.world, tc.seed,
@@ -195,7 +200,7 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str, stop
             state = read_state(resume_ckpt)
             distributed.load_sharded(resume_ckpt, model, optimizer)
         else:
-            state = load_checkpoint(resume_ckpt, model, optimizer)
+            state = load_checkpoint(resume_ckpt, model, optimizer, extra=objective.module)
         step, tokens_seen, words_seen = state["step"], state["tokens_seen"], state["words_seen"]
         loader.load_state_dict(state["loader"])
         if "objective" in state:
@@ -256,7 +261,7 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str, stop
                 "model_config": asdict(model_cfg),
                 "bad_steps_skipped": guard.bad_total, **run_identity(data.report, tc.seq_len, data_changes),
                 **({"world_size": ctx.world, "strategy": tc.strategy, "ranks": ranks} if ranks else {}),
-            }, keep=tc.keep_checkpoints)
+            }, keep=tc.keep_checkpoints, extra=objective.module)
         except NonFiniteWeights as e:
             raise InputError(f"training diverged: {e}; last good checkpoint: {newest_intact(run_dir)}; lower optim.lr "
                              "and resume from it") from None
@@ -287,11 +292,12 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str, stop
                 stat_sums[k] = stat_sums.get(k, 0.0) + v
             words_seen += batch.words
         loss_value = loss_sum / tc.grad_accum
+        distributed.average_grads(objective.trainable_parameters(), ctx)  # DDP averages only the model's
         if ctx.active:  # the logged loss and stats are the means over all ranks (= the global batch's for clm)
             loss_value, *means = ctx.mean([loss_value, *stat_sums.values()])
             stat_sums = dict(zip(stat_sums, means))
         # With grad_clip <= 0 the norm is still computed (for the log) but nothing is clipped.
-        grad_norm = precision.unscale_and_clip(optimizer, model.parameters(), cfg.optim.grad_clip)
+        grad_norm = precision.unscale_and_clip(optimizer, trained, cfg.optim.grad_clip)
         norm = float(getattr(grad_norm, "full_tensor", lambda: grad_norm)())  # the same on every rank
         # Under fp16 loss scaling an overflowing gradient is routine: the scaler skips that step and
         # lowers its scale, so the guard then judges the loss alone.
@@ -300,7 +306,7 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str, stop
             precision.skip()
             last_good = newest_intact(run_dir)
             if guard.skipped(step + 1, loss_value, norm, last_good and str(last_good)) == "rollback":  # single process
-                state = load_checkpoint(last_good, model, optimizer)
+                state = load_checkpoint(last_good, model, optimizer, extra=objective.module)
                 loader.load_state_dict(state["loader"])
                 if "objective" in state:
                     objective.load_state_dict(state["objective"])
@@ -311,6 +317,7 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str, stop
         precision.step(optimizer)
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        objective.after_step(model, step)  # e.g. the bootstrap teacher's EMA update
         tokens_seen += tokens_per_step
         interval_tokens += tokens_per_step
         switch = loader.observe_loss(loss_value)  # curriculum.seq_len_trigger=loss (tinylm/data/growlength.py)

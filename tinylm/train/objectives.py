@@ -9,6 +9,13 @@
            prediction, MNTP), so causal and masked training share the one next-token head.
 - distill: clm plus knowledge distillation from an ensemble of teachers (Baby Llama, Timiryasov &
            Tastet 2023). Teachers also work with mlm and hybrid (`objective.teachers`).
+- bootstrap: mlm's masking, the targets the contextual embeddings of an EMA copy of the model
+           (Boot-BERT, Samuel 2023; tinylm/train/bootstrap.py), plus a share of the MLM loss.
+Options of every objective: multi-token prediction (`objective.mtp_heads`, the causal losses;
+tinylm/train/mtp.py) and loss-based row reweighting (`objective.reweight`; tinylm/train/reweight.py).
+An objective may own weights besides the model's (`Objective.module`: MTP heads, the bootstrap
+teacher and predictor): the loop trains its `trainable_parameters()`, calls `after_step` after each
+optimizer step, and checkpoints the module in objective.safetensors; it is never exported.
 
 Randomness: every draw (positions, replacements, span lengths) comes from the objective's own CPU
 torch.Generator, never from the global RNG; its state (and the adaptive-masking loss EMA) is part of
@@ -39,10 +46,13 @@ from tinylm import ops
 from tinylm.config import ObjectiveConfig
 from tinylm.data.tokenizer import MASK_ID, PAD_ID
 from tinylm.errors import InputError
+from tinylm.train import mtp
 from tinylm.train.distill import distillation_loss, load_teachers
 from tinylm.train.masking import IGNORE, MASKINGS, N_SPECIAL, Masker, mntp_targets
+from tinylm.train.options import check_options
+from tinylm.train.reweight import reweighted
 
-OBJECTIVES = ("clm", "mlm", "hybrid", "distill")
+OBJECTIVES = ("clm", "mlm", "hybrid", "distill", "bootstrap")
 HYBRID_MODES = ("rows", "steps")
 DEV_MASK_SEED = 20240917  # the fixed masking of every dev evaluation
 
@@ -104,6 +114,17 @@ class Objective:
         self.masker = Masker(cfg, vocab_size)
         self.teachers = teachers or []
         self.loss_ema = torch.full((vocab_size,), math.log(vocab_size)) if cfg.adaptive else None
+        # the objective's own weights (checkpointed, never exported); MTP's heads here, Bootstrap's below
+        self.module: torch.nn.Module | None = None
+        if cfg.mtp_heads > 1:
+            base = mtp.base_module(model)
+            self.module = mtp.MTPHeads(cfg.mtp_heads, base.cfg.d_model, base.cfg.init_std).to(device)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [] if self.module is None else [p for p in self.module.parameters() if p.requires_grad]
+
+    def after_step(self, model, step: int) -> None:
+        """Called by the loop after optimizer step `step` (counted from 1) was applied."""
 
     # -- model calls -------------------------------------------------------------------------------
 
@@ -158,7 +179,8 @@ class Objective:
         inputs, targets = inputs.to(self.device), targets.to(self.device)
         doc_ids = None if doc_ids is None else doc_ids.to(self.device)
         hard, per_token, logits = ops.vocab_loss(model, lambda: self.run_masked(model, inputs, doc_ids), targets, IGNORE,
-                                                 need_logits=bool(self.teachers))
+                                                 need_logits=bool(self.teachers) or self.cfg.reweight != "none")
+        hard = self._reweighted(hard, per_token, targets, stats, prefix)
         per_token, scored = per_token.reshape(-1), targets.reshape(-1) != IGNORE
         if adaptive and self.loss_ema is not None:
             self._update_ema(targets.reshape(-1)[scored].cpu(), per_token[scored].detach().float().cpu())
@@ -204,12 +226,29 @@ class Objective:
 
     # -- the interface -----------------------------------------------------------------------------
 
+    def _reweighted(self, hard, per_token, targets, stats: Stats, prefix: str = "") -> torch.Tensor:
+        """objective.reweight: the cross-entropy with each row weighted by its loss (reweight.py)."""
+        if self.cfg.reweight == "none":
+            return hard
+        return reweighted(per_token, targets, IGNORE, self.cfg.reweight, self.cfg.reweight_temperature,
+                          self.cfg.reweight_clip, stats, prefix)
+
     def _clm_loss(self, model, input_ids, targets, stats: Stats, prefix: str = "", doc_ids=None) -> torch.Tensor:
         input_ids, targets = input_ids.to(self.device), targets.to(self.device)
         doc_ids = None if doc_ids is None else doc_ids.to(self.device)
-        hard, _, logits = ops.vocab_loss(model, lambda: self.run_causal(model, input_ids, self.model_is_causal, doc_ids),
-                                         targets, IGNORE, need_logits=bool(self.teachers))  # fused head + loss on CUDA
-        return self._with_teachers(hard, logits, input_ids, targets, causal=True, stats=stats, prefix=prefix, doc_ids=doc_ids)
+        forward = lambda: self.run_causal(model, input_ids, self.model_is_causal, doc_ids)  # noqa: E731
+        need_logits = bool(self.teachers) or self.cfg.reweight != "none"  # reweighting: per-token losses with gradients
+        if self.cfg.mtp_heads > 1:
+            hard, per_token, logits, extra = mtp.mtp_vocab_loss(model, forward, self.module, targets, IGNORE, self.cfg.mtp_weight,
+                                                                need_logits, doc_ids, stats, prefix)
+        else:  # fused head + loss on CUDA
+            (hard, per_token, logits), extra = ops.vocab_loss(model, forward, targets, IGNORE, need_logits=need_logits), None
+        hard = self._reweighted(hard, per_token, targets, stats, prefix)
+        loss = self._with_teachers(hard, logits, input_ids, targets, causal=True, stats=stats, prefix=prefix, doc_ids=doc_ids)
+        if extra is None:
+            return loss
+        stats[f"{prefix}mtp_main_loss"] = loss.item()
+        return (loss + extra) / self.cfg.mtp_heads
 
     def train_loss(self, model, input_ids: torch.Tensor, targets: torch.Tensor, step: int,
                    doc_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, Stats]:
@@ -304,7 +343,7 @@ class Hybrid(Objective):
                 "dev_mntp_loss": self._dev_masked(model, batches, autocast, shifted=True, doc_ids=doc_ids)}
 
 
-CLASSES = {"clm": CLM, "mlm": MLM, "hybrid": Hybrid, "distill": Distill}
+CLASSES = {"clm": CLM, "mlm": MLM, "hybrid": Hybrid, "distill": Distill}  # + bootstrap (tinylm/train/bootstrap.py)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -314,11 +353,11 @@ CLASSES = {"clm": CLM, "mlm": MLM, "hybrid": Hybrid, "distill": Distill}
 def check_config(cfg: ObjectiveConfig, model_is_causal: bool) -> None:
     if cfg.name not in OBJECTIVES:
         raise InputError(f"objective.name={cfg.name!r} is not an objective; use one of {', '.join(OBJECTIVES)}")
-    if cfg.name == "mlm" and model_is_causal:
-        raise InputError("objective=mlm needs a bidirectional model; use model=bert_tiny (or another bert_*)")
+    if cfg.name in ("mlm", "bootstrap") and model_is_causal:
+        raise InputError(f"objective={cfg.name} needs a bidirectional model; use model=bert_tiny (or another bert_*)")
     if cfg.name == "hybrid" and model_is_causal:
         raise InputError("objective=hybrid trains one model both causally and bidirectionally; use model=bert_*")
-    if cfg.name in ("mlm", "hybrid"):
+    if cfg.name in ("mlm", "hybrid", "bootstrap"):
         for key in ("mask_rate_start", "mask_rate_end"):
             if not 0.0 < getattr(cfg, key) < 1.0:
                 raise InputError(f"objective.{key}={getattr(cfg, key)} must be in (0, 1)")
@@ -337,6 +376,7 @@ def check_config(cfg: ObjectiveConfig, model_is_causal: bool) -> None:
             raise InputError(f"objective.causal_share={cfg.causal_share} must be in [0, 1]")
         if cfg.hybrid_mode not in HYBRID_MODES:
             raise InputError(f"objective.hybrid_mode={cfg.hybrid_mode!r} is not a mode; use one of {', '.join(HYBRID_MODES)}")
+    check_options(cfg)
     if cfg.name == "distill" and not cfg.teachers:
         raise InputError("objective=distill needs teachers: objective.teachers=[runs/teacher_a,...] (tinylm run directories)")
     if cfg.teachers:
@@ -350,7 +390,15 @@ def build_objective(cfg: ObjectiveConfig, model, vocab_size: int, total_steps: i
                     device: torch.device, tokenizer=None) -> Objective:
     model_is_causal = bool(getattr(model, "causal", True))
     check_config(cfg, model_is_causal)
+    n_layer = mtp.base_module(model).cfg.n_layer
+    if cfg.name == "bootstrap" and any(not -n_layer <= l < n_layer for l in cfg.bootstrap_layers):
+        raise InputError(f"objective.bootstrap_layers={list(cfg.bootstrap_layers)} names a layer the model does not have; "
+                         f"use indices in [-{n_layer}, {n_layer - 1}] (-1: the last)")
     teachers = load_teachers(cfg, vocab_size, tokenizer, device) if cfg.teachers else []
+    if cfg.name == "bootstrap":  # imported here: the module builds on the classes above
+        from tinylm.train.bootstrap import Bootstrap
+
+        return Bootstrap(cfg, model, vocab_size, total_steps, seed, device, teachers)
     return CLASSES[cfg.name](cfg, model, vocab_size, total_steps, seed, device, teachers)
 
 

@@ -29,17 +29,22 @@ import torch.nn as nn
 
 from tinylm.config import OptimConfig
 from tinylm.errors import InputError
+from tinylm.models.layers import decay_groups
 
 SCHEDULES = ("cosine", "wsd", "constant")
 OPTIMIZERS = ("adamw", "lamb", "muon")
 
 
-def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, extra: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+    """The optimizer of the model's parameters, then those of `extra` (an objective's own trained
+    modules: MTP heads, the bootstrap predictor), grouped the same way (Muon for their matrices)."""
     if cfg.name not in OPTIMIZERS:
         raise InputError(f"optim.name={cfg.name!r} is not an optimizer; use one of {', '.join(OPTIMIZERS)}")
     if cfg.schedule not in SCHEDULES:
         raise InputError(f"optim.schedule={cfg.schedule!r} is not a schedule; use one of {', '.join(SCHEDULES)}")
     groups = model.optimizer_groups(cfg.weight_decay)
+    if extra is not None:  # after the model's, so a run without extras keeps its parameter order
+        groups += [g for g in decay_groups(extra, cfg.weight_decay) if g["params"]]
     betas = (cfg.beta1, cfg.beta2)
     if cfg.name == "lamb":
         return Lamb(groups, lr=cfg.lr, betas=betas, eps=cfg.eps)

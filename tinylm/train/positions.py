@@ -6,7 +6,7 @@ ways, but it only predicts well the way it was trained:
 | objective            | run     | token k is predicted at | eval scorer (auto) | BabyLM backend |
 |----------------------|---------|-------------------------|--------------------|----------------|
 | clm, distill         | causal  | position k - 1          | causal             | causal         |
-| mlm                  | masked  | position k (masked)     | pll                | mlm            |
+| mlm, bootstrap       | masked  | position k (masked)     | pll                | mlm            |
 | hybrid (GPT-BERT)    | both    | position k - 1 (masked or causal) | mntp (causal beside it) | mntp |
 
 Evaluation (scorer=auto, dev perplexity), export (heads), the model card and distillation (teacher
@@ -22,7 +22,8 @@ CAUSAL = "causal"  # run causally, token k read at position k - 1
 MASKED = "masked"  # run bidirectionally with token k masked, read at position k (MLM)
 MASKED_NEXT = "masked_next"  # run bidirectionally with token k masked, read at position k - 1 (MNTP)
 
-READS = {"clm": (CAUSAL,), "distill": (CAUSAL,), "mlm": (MASKED,), "hybrid": (MASKED_NEXT, CAUSAL)}
+READS = {"clm": (CAUSAL,), "distill": (CAUSAL,), "mlm": (MASKED,), "hybrid": (MASKED_NEXT, CAUSAL),
+         "bootstrap": (MASKED,)}  # bootstrap: its MLM head is trained on the masked tokens, as mlm's
 SCORER = {CAUSAL: "causal", MASKED: "pll", MASKED_NEXT: "mntp"}
 # tinylm.eval's scorers under the names of the BabyLM 2025 pipeline's --backend
 BABYLM_BACKEND = {"causal": "causal", "pll": "mlm", "pll_word": "mlm", "mntp": "mntp"}
