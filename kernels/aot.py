@@ -170,7 +170,7 @@ def _attention_configs(autotuner, dtype: str, head_dim: int, masks: dict) -> lis
 
 
 def attention_variants() -> list[Variant]:
-    """fp32 inputs and head dims above ops.ATTENTION_AUTO_MAX_HEAD_DIM are forced_only: auto keeps
+    """fp32 inputs and head dims outside ops.ATTENTION_AUTO_HEAD_DIMS are forced_only: auto keeps
     them on SDPA."""
     from tinylm import ops
     from tinylm.kernels import attention as at
@@ -179,7 +179,7 @@ def attention_variants() -> list[Variant]:
     for act in ("bf16", "fp16", "fp32"):
         a = DTYPES[act]
         for D in ATTENTION_HEAD_DIMS:
-            forced = act == "fp32" or D > ops.ATTENTION_AUTO_MAX_HEAD_DIM
+            forced = act == "fp32" or D not in ops.ATTENTION_AUTO_HEAD_DIMS
             BLOCK_D = max(16, triton.next_power_of_2(D))
             for mask_name, m in ATTENTION_MASKS.items():
                 kpm = "*i8" if m["HAS_KPM"] else "*fp32"

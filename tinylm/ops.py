@@ -73,10 +73,11 @@ def _resolve(backend: str, x: torch.Tensor, triton_suits: bool = True) -> str:
 # attention
 
 
-# Widest head dim "auto" sends to the attention kernel. `make test-aot` (tinylm.kernels.aot) found
-# the bf16 forward with head dim 128 and a document mask spilling registers in every autotune
-# config on sm_80 (56-560 bytes) and in 3 of 4 on sm_90; wider heads run only with kernels=triton.
-ATTENTION_AUTO_MAX_HEAD_DIM = 64
+# The head dims "auto" sends to the attention kernels: those `make test-aot` (tinylm.kernels.aot)
+# compiles spill-free in every config and mask (the shipped configs' 32 and 64). Head dim 128 spills
+# (the bf16 forward with a document mask in every config on sm_80), and any other head dim is a
+# specialisation (its BLOCK_D) the check never compiled; they run only with kernels=triton.
+ATTENTION_AUTO_HEAD_DIMS = (32, 64)
 
 
 def attention_mask(
@@ -137,8 +138,8 @@ def attention(
     """
     # "auto" keeps fp32 attention on SDPA: the kernel's fp32 path (3-pass TF32) is for accuracy
     # checks, not speed. Training runs under bf16 autocast, so q, k, v arrive in bf16. Head dims
-    # above ATTENTION_AUTO_MAX_HEAD_DIM stay on SDPA too (their forward spills registers).
-    suits = q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= ATTENTION_AUTO_MAX_HEAD_DIM
+    # outside ATTENTION_AUTO_HEAD_DIMS stay on SDPA too.
+    suits = q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] in ATTENTION_AUTO_HEAD_DIMS
     if _resolve(backend, q, triton_suits=suits) == "triton":
         from tinylm.kernels.attention import flash_attention
 
@@ -151,7 +152,7 @@ def attention(
 
 # Most relative-position indices R "auto" sends to the kernel: its backward holds a (block, R)
 # accumulator and (block, R) gathers in registers; `make test-aot` checks R <= 64 (the shipped
-# configs have R = 63) spill-free. Head dims as ATTENTION_AUTO_MAX_HEAD_DIM.
+# configs have R = 63) spill-free. Head dims as ATTENTION_AUTO_HEAD_DIMS.
 RELATIVE_AUTO_MAX_BUCKETS = 64
 
 
@@ -216,7 +217,7 @@ def disentangled_attention(
     """
     # "auto": the kernel for 16-bit inputs of the head dims and bucket counts whose kernels compile
     # without spills, and no dropout (the kernel has none); everything else on the reference.
-    suits = (q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= ATTENTION_AUTO_MAX_HEAD_DIM
+    suits = (q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] in ATTENTION_AUTO_HEAD_DIMS
              and c2p.shape[-1] <= RELATIVE_AUTO_MAX_BUCKETS and dropout_p == 0.0)
     if _resolve(backend, q, triton_suits=suits) == "triton" and dropout_p == 0.0:
         from tinylm.kernels.bert_attention import relative_flash_attention

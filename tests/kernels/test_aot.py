@@ -71,3 +71,17 @@ def test_auto_routes_layer_norm_only_to_spill_free_widths():
     assert ops.layer_norm_suits_kernel(4095)
     assert not ops.layer_norm_suits_kernel(8190)  # N % 16 != 0 above 4096 spills
     assert not ops.layer_norm_suits_kernel(8208)
+
+
+def test_auto_routes_attention_only_to_checked_head_dims():
+    """Every head dim "auto" launches is one the AOT check compiles as launchable (not forced-only)
+    for both attention kernels, so no spilling or unchecked specialisation is reachable by default."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = ("from tinylm import ops; from tinylm.kernels import aot, bert_attention as ba; "
+            "vs = aot.all_variants(['attention', 'bert_attention']); "
+            "print(sorted({int(v.name.split(' D')[1].split()[0]) for v in vs if not v.forced_only and ' D' in v.name}), "
+            "sorted(ops.ATTENTION_AUTO_HEAD_DIMS), sorted(ba.AOT_HEAD_DIMS))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300, check=True).stdout.split("] [")
+    checked, auto, bert = ([int(x) for x in part.strip("[]\n ").split(",")] for part in out)
+    assert set(auto) <= set(checked) and set(auto) <= set(bert), (auto, checked, bert)
