@@ -37,3 +37,19 @@ def run_cli(module: str, *args: str, cwd: Path = ROOT, timeout: int = 300) -> su
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def interrupt_after_checkpoint(monkeypatch, at_step: int, error: type[BaseException] = KeyboardInterrupt) -> None:
+    """Make training raise `error` right after it has written the checkpoint of step `at_step`, as a
+    Ctrl-C there would (use it inside `monkeypatch.context()` and `pytest.raises(error)`)."""
+    import tinylm.train.loop as loop_module
+
+    real = loop_module.save_checkpoint
+
+    def save_then_stop(run_dir, step, *args, **kwargs):
+        out = real(run_dir, step, *args, **kwargs)
+        if step == at_step:
+            raise error
+        return out
+
+    monkeypatch.setattr(loop_module, "save_checkpoint", save_then_stop)

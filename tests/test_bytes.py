@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import smoke_config
+from helpers import interrupt_after_checkpoint, smoke_config
 
 from tinylm.data.bytes import SPEC_BYTES, VOCAB_SIZE, ByteTokenizer, write_byte_tokenizer
 from tinylm.errors import InputError
@@ -223,23 +223,14 @@ def test_every_family_trains_evaluates_and_exports_with_bytes(family, tmp_path, 
 
 
 def test_a_byte_run_resumes_bit_exact(tmp_path, cache_dir, monkeypatch):
-    import tinylm.train.loop as loop_module
     from tinylm.train.loop import pretrain
     from tinylm.train.metrics import read_metrics
 
     overrides = ("tokenizer=bytes", "train.steps=6", "train.ckpt_every=3", "train.log_every=1", "train.eval_every=3",
                  "train.milestones=false")
     pretrain(smoke_config(tmp_path / "full", cache_dir, *overrides))
-    real = loop_module.save_checkpoint
-
-    def save_then_stop(run_dir, step, *args, **kwargs):
-        out = real(run_dir, step, *args, **kwargs)
-        if step == 3:
-            raise KeyboardInterrupt
-        return out
-
     with monkeypatch.context() as m:
-        m.setattr(loop_module, "save_checkpoint", save_then_stop)
+        interrupt_after_checkpoint(m, 3)
         with pytest.raises(KeyboardInterrupt):
             pretrain(smoke_config(tmp_path / "parts", cache_dir, *overrides))
     pretrain(smoke_config(tmp_path / "parts", cache_dir, *overrides, "train.resume=auto"))

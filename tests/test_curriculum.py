@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import smoke_config
+from helpers import interrupt_after_checkpoint, smoke_config
 
-import tinylm.train.loop as loop_module
 from tinylm.config import CurriculumConfig
 from tinylm.data.curriculum import (CurriculumLoader, childes_age_documents, document_order, frequency_ranks, pace,
                                     vocab_table)
@@ -310,16 +309,8 @@ def test_curriculum_run_resumes_bit_exact(tmp_path, cache_dir, monkeypatch):
     overrides = ("curriculum=difficulty", "curriculum.seq_len_fractions=[0.5,1.0]", "curriculum.vocab_start=100",
                  "train.steps=8", "train.ckpt_every=4", "train.log_every=1", "train.eval_every=4")
     pretrain(smoke_config(tmp_path / "full", cache_dir, *overrides))
-    real = loop_module.save_checkpoint
-
-    def save_then_stop(run_dir, step, *args, **kwargs):
-        out = real(run_dir, step, *args, **kwargs)
-        if step == 4:
-            raise KeyboardInterrupt
-        return out
-
     with monkeypatch.context() as m:
-        m.setattr(loop_module, "save_checkpoint", save_then_stop)
+        interrupt_after_checkpoint(m, 4)
         with pytest.raises(KeyboardInterrupt):
             pretrain(smoke_config(tmp_path / "parts", cache_dir, *overrides))
     pretrain(smoke_config(tmp_path / "parts", cache_dir, *overrides, "train.resume=auto"))

@@ -6,12 +6,11 @@ import json
 
 import pytest
 import torch
-from helpers import smoke_config
+from helpers import interrupt_after_checkpoint, smoke_config
 from test_curriculum import _shapes, build_shard, loader
 
 from safetensors.torch import load_file
 
-import tinylm.train.loop as loop_module
 from tinylm.data.growlength import LossPlateau
 from tinylm.eval.run import training_window
 from tinylm.train.checkpoint import checkpoint_dirs
@@ -87,16 +86,8 @@ def test_a_loss_triggered_run_resumes_bit_exact_across_a_switch(tmp_path, cache_
     switches = [(r["step"], r["seq_len"]) for r in rows if "seq_len_switch" in r]
     # a 50% tolerance over 2 steps: the EMA of a slowly falling loss plateaus as soon as min_steps allows
     assert switches == [(3, 16), (6, 32)] and full["steps"] == 10
-    real = loop_module.save_checkpoint
-
-    def save_then_stop(run_dir, step, *args, **kwargs):
-        out = real(run_dir, step, *args, **kwargs)
-        if step == 4:
-            raise KeyboardInterrupt
-        return out
-
     with monkeypatch.context() as m:
-        m.setattr(loop_module, "save_checkpoint", save_then_stop)
+        interrupt_after_checkpoint(m, 4)
         with pytest.raises(KeyboardInterrupt):
             pretrain(smoke_config(tmp_path / "parts", cache_dir, *OVERRIDES))
     state = json.loads((checkpoint_dirs(tmp_path / "parts")[-1] / "state.json").read_text())

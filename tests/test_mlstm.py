@@ -7,10 +7,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import compose_pretrain, smoke_config
+from helpers import compose_pretrain, interrupt_after_checkpoint, smoke_config
 from safetensors.torch import load_file
 
-import tinylm.train.loop as loop_module
 from tinylm.config import ModelConfig
 from tinylm.models import build_model
 from tinylm.models.mlstm import MLSTM, log_forget_gate, mlstm_cell, segments
@@ -345,15 +344,8 @@ def test_training_loop_trains_mlstm_and_resumes_bit_exact(tmp_path, cache_dir, m
 
     parts = tmp_path / "parts"
 
-    def save_then_stop(run_dir, step, *args, **kwargs):
-        out = real_save(run_dir, step, *args, **kwargs)
-        if step == 6:
-            raise Interrupt
-        return out
-
-    real_save = loop_module.save_checkpoint
     with monkeypatch.context() as m:
-        m.setattr(loop_module, "save_checkpoint", save_then_stop)
+        interrupt_after_checkpoint(m, 6, Interrupt)
         with pytest.raises(Interrupt):
             pretrain(smoke_config(parts, cache_dir, *overrides))
     pretrain(smoke_config(parts, cache_dir, *overrides, "train.resume=auto"))

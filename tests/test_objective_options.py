@@ -9,10 +9,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import smoke_config
+from helpers import interrupt_after_checkpoint, smoke_config
 from safetensors import safe_open
 
-import tinylm.train.loop as loop_module
 from tinylm.config import ModelConfig, ObjectiveConfig
 from tinylm.errors import InputError
 from tinylm.models import build_model
@@ -269,23 +268,11 @@ def test_bootstrap_loss_is_latent_plus_weighted_mlm_and_starts_from_a_copy():
 # end to end: training, bit-exact resume, export
 
 
-def _interrupt_after_checkpoint(monkeypatch, at_step):
-    real = loop_module.save_checkpoint
-
-    def save_then_stop(run_dir, step, *args, **kwargs):
-        out = real(run_dir, step, *args, **kwargs)
-        if step == at_step:
-            raise KeyboardInterrupt
-        return out
-
-    monkeypatch.setattr(loop_module, "save_checkpoint", save_then_stop)
-
-
 def _full_and_resumed(tmp_path, cache_dir, monkeypatch, overrides):
     full, parts = tmp_path / "full", tmp_path / "parts"
     pretrain(smoke_config(full, cache_dir, *overrides))
     with monkeypatch.context() as m:
-        _interrupt_after_checkpoint(m, at_step=4)
+        interrupt_after_checkpoint(m, at_step=4)
         with pytest.raises(KeyboardInterrupt):
             pretrain(smoke_config(parts, cache_dir, *overrides))
     pretrain(smoke_config(parts, cache_dir, *overrides, "train.resume=auto"))

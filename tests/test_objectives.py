@@ -9,9 +9,8 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import smoke_config
+from helpers import interrupt_after_checkpoint, smoke_config
 
-import tinylm.train.loop as loop_module
 from tinylm.config import ModelConfig, ObjectiveConfig
 from tinylm.data.tokenizer import MASK_ID
 from tinylm.errors import InputError
@@ -313,18 +312,6 @@ def test_every_family_overfits_one_batch(family, objective, one_thread):
 BERT_SMOKE = ("model=bert_tiny", "model.d_ff=128", "objective=mlm", "objective.adaptive=true")
 
 
-def _interrupt_after_checkpoint(monkeypatch, at_step):
-    real = loop_module.save_checkpoint
-
-    def save_then_stop(run_dir, step, *args, **kwargs):
-        out = real(run_dir, step, *args, **kwargs)
-        if step == at_step:
-            raise KeyboardInterrupt
-        return out
-
-    monkeypatch.setattr(loop_module, "save_checkpoint", save_then_stop)
-
-
 def test_bert_mlm_pretrains_and_resumes_bit_exact(tmp_path, cache_dir, monkeypatch, one_thread):
     overrides = (*BERT_SMOKE, "train.steps=8", "train.ckpt_every=4", "train.log_every=1", "train.eval_every=4",
                  "model.dropout=0.1")
@@ -333,7 +320,7 @@ def test_bert_mlm_pretrains_and_resumes_bit_exact(tmp_path, cache_dir, monkeypat
     assert summary["steps"] == 8
     parts = tmp_path / "parts"
     with monkeypatch.context() as m:
-        _interrupt_after_checkpoint(m, at_step=4)
+        interrupt_after_checkpoint(m, at_step=4)
         with pytest.raises(KeyboardInterrupt):
             pretrain(smoke_config(parts, cache_dir, *overrides))
     pretrain(smoke_config(parts, cache_dir, *overrides, "train.resume=auto"))

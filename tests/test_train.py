@@ -4,11 +4,10 @@ import json
 
 import pytest
 import torch
-from helpers import smoke_config
+from helpers import interrupt_after_checkpoint, smoke_config
 from safetensors.torch import load_file
 
 import tinylm.train.checkpoint as checkpoint_module
-import tinylm.train.loop as loop_module
 from tinylm.train.checkpoint import checkpoint_dirs
 from tinylm.train.loop import pretrain
 from tinylm.train.metrics import read_metrics
@@ -50,18 +49,6 @@ def test_short_run_learns_and_fills_the_run_directory(tmp_path, cache_dir):
     assert "optim.0.exp_avg" in load_file(ckpt / "state.safetensors")
 
 
-def _interrupt_after_checkpoint(monkeypatch, at_step):
-    real = loop_module.save_checkpoint
-
-    def save_then_stop(run_dir, step, *args, **kwargs):
-        out = real(run_dir, step, *args, **kwargs)
-        if step == at_step:
-            raise Interrupt
-        return out
-
-    monkeypatch.setattr(loop_module, "save_checkpoint", save_then_stop)
-
-
 def test_resume_is_bit_exact(tmp_path, cache_dir, monkeypatch):
     overrides = ("train.steps=12", "train.ckpt_every=4", "train.log_every=1", "train.eval_every=3", "model.dropout=0.1")
     full = tmp_path / "full"
@@ -69,7 +56,7 @@ def test_resume_is_bit_exact(tmp_path, cache_dir, monkeypatch):
 
     parts = tmp_path / "parts"
     with monkeypatch.context() as m:
-        _interrupt_after_checkpoint(m, at_step=8)
+        interrupt_after_checkpoint(m, 8, Interrupt)
         with pytest.raises(Interrupt):
             pretrain(smoke_config(parts, cache_dir, *overrides))
     # rows logged after the checkpoint would be logged again: simulate a crash at step 10
