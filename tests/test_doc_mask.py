@@ -5,7 +5,7 @@ objective passing the ids to every model call, and a doc-masked run resuming bit
 import numpy as np
 import pytest
 import torch
-from helpers import smoke_config
+from helpers import interrupt_after_checkpoint, smoke_config
 
 from tinylm.config import CurriculumConfig, ModelConfig, ObjectiveConfig
 from tinylm.data.loader import TokenLoader, dev_windows, document_ids, make_loader
@@ -189,7 +189,7 @@ def test_objectives_pass_doc_ids_to_student_and_teachers(name, causal_student):
 
 
 def test_doc_masked_run_resumes_bit_exact(tmp_path, cache_dir, monkeypatch):
-    from test_train import Interrupt, _interrupt_after_checkpoint
+    from test_train import Interrupt
 
     from tinylm.train.loop import pretrain
 
@@ -198,7 +198,7 @@ def test_doc_masked_run_resumes_bit_exact(tmp_path, cache_dir, monkeypatch):
     full = pretrain(smoke_config(tmp_path / "full", cache_dir, *overrides))
     part = tmp_path / "part"
     with monkeypatch.context() as m:
-        _interrupt_after_checkpoint(m, at_step=4)
+        interrupt_after_checkpoint(m, 4, Interrupt)
         with pytest.raises(Interrupt):
             pretrain(smoke_config(part, cache_dir, *overrides))
     resumed = pretrain(smoke_config(part, cache_dir, *overrides, "train.resume=auto"))
