@@ -53,3 +53,25 @@ def interrupt_after_checkpoint(monkeypatch, at_step: int, error: type[BaseExcept
         return out
 
     monkeypatch.setattr(loop_module, "save_checkpoint", save_then_stop)
+
+
+def full_and_resumed(tmp_path: Path, cache_dir: Path, monkeypatch, overrides: tuple[str, ...], at_step: int,
+                     error: type[BaseException] = KeyboardInterrupt):
+    """Train the smoke config with `overrides` straight through (tmp_path/"full") and again stopped by
+    `error` right after the checkpoint of `at_step`, then resumed with train.resume=auto
+    (tmp_path/"parts"). Returns (full summary, resumed summary, full rows, resumed rows): the
+    metrics.jsonl rows without the wall-clock tokens_per_s, which a bit-exact resume makes equal."""
+    import pytest
+
+    from tinylm.train.loop import pretrain
+    from tinylm.train.metrics import read_metrics
+
+    full, parts = tmp_path / "full", tmp_path / "parts"
+    full_summary = pretrain(smoke_config(full, cache_dir, *overrides))
+    with monkeypatch.context() as m:
+        interrupt_after_checkpoint(m, at_step, error)
+        with pytest.raises(error):
+            pretrain(smoke_config(parts, cache_dir, *overrides))
+    resumed_summary = pretrain(smoke_config(parts, cache_dir, *overrides, "train.resume=auto"))
+    rows = ([{k: v for k, v in r.items() if k != "tokens_per_s"} for r in read_metrics(run)] for run in (full, parts))
+    return full_summary, resumed_summary, *rows

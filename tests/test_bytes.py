@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import interrupt_after_checkpoint, smoke_config
+from helpers import full_and_resumed, smoke_config
 
 from tinylm.data.bytes import SPEC_BYTES, VOCAB_SIZE, ByteTokenizer, write_byte_tokenizer
 from tinylm.errors import InputError
@@ -223,16 +223,7 @@ def test_every_family_trains_evaluates_and_exports_with_bytes(family, tmp_path, 
 
 
 def test_a_byte_run_resumes_bit_exact(tmp_path, cache_dir, monkeypatch):
-    from tinylm.train.loop import pretrain
-    from tinylm.train.metrics import read_metrics
-
     overrides = ("tokenizer=bytes", "train.steps=6", "train.ckpt_every=3", "train.log_every=1", "train.eval_every=3",
                  "train.milestones=false")
-    pretrain(smoke_config(tmp_path / "full", cache_dir, *overrides))
-    with monkeypatch.context() as m:
-        interrupt_after_checkpoint(m, 3)
-        with pytest.raises(KeyboardInterrupt):
-            pretrain(smoke_config(tmp_path / "parts", cache_dir, *overrides))
-    pretrain(smoke_config(tmp_path / "parts", cache_dir, *overrides, "train.resume=auto"))
-    a, b = ([{k: v for k, v in r.items() if k != "tokens_per_s"} for r in read_metrics(tmp_path / p)] for p in ("full", "parts"))
+    _, _, a, b = full_and_resumed(tmp_path, cache_dir, monkeypatch, overrides, at_step=3)
     assert a == b and len(a) >= 6

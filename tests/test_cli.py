@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from helpers import ROOT, run_cli
+from helpers import run_cli
 from tinylm import cli
 from tinylm.errors import InputError
 from tinylm.rerun import DEFAULT_RUN_DIR, expand_rerun_argv

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import interrupt_after_checkpoint, smoke_config
+from helpers import full_and_resumed, smoke_config
 
 from tinylm.config import CurriculumConfig
 from tinylm.data.curriculum import (CurriculumLoader, childes_age_documents, document_order, frequency_ranks, pace,
@@ -308,15 +308,7 @@ def test_each_shipped_curriculum_trains_end_to_end(tmp_path, cache_dir, option):
 def test_curriculum_run_resumes_bit_exact(tmp_path, cache_dir, monkeypatch):
     overrides = ("curriculum=difficulty", "curriculum.seq_len_fractions=[0.5,1.0]", "curriculum.vocab_start=100",
                  "train.steps=8", "train.ckpt_every=4", "train.log_every=1", "train.eval_every=4")
-    pretrain(smoke_config(tmp_path / "full", cache_dir, *overrides))
-    with monkeypatch.context() as m:
-        interrupt_after_checkpoint(m, 4)
-        with pytest.raises(KeyboardInterrupt):
-            pretrain(smoke_config(tmp_path / "parts", cache_dir, *overrides))
-    pretrain(smoke_config(tmp_path / "parts", cache_dir, *overrides, "train.resume=auto"))
-    drop = ("tokens_per_s",)
-    a = [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(tmp_path / "full")]
-    b = [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(tmp_path / "parts")]
+    _, _, a, b = full_and_resumed(tmp_path, cache_dir, monkeypatch, overrides, at_step=4)
     assert a == b
 
 

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from tinylm.config import DataConfig, TokenizerConfig
-from tinylm.data.corpus import count_words
 from tinylm.data.loader import TokenLoader, word_counts_of
 from tinylm.data.words import _WORD, document_word_counts, fit_uint8
 

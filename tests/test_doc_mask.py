@@ -5,16 +5,14 @@ objective passing the ids to every model call, and a doc-masked run resuming bit
 import numpy as np
 import pytest
 import torch
-from helpers import interrupt_after_checkpoint, smoke_config
+from helpers import full_and_resumed
 
 from tinylm.config import CurriculumConfig, ModelConfig, ObjectiveConfig
 from tinylm.data.loader import TokenLoader, dev_windows, document_ids, make_loader
 from tinylm.data.shards import Shard
 from tinylm.data.tokenizer import BOS_ID, EOS_ID
 from tinylm.models import build_model
-from tinylm.train.checkpoint import checkpoint_dirs
 from tinylm.train.masking import N_SPECIAL
-from tinylm.train.metrics import read_metrics
 from tinylm.train.objectives import CLASSES
 
 V = 300
@@ -189,23 +187,10 @@ def test_objectives_pass_doc_ids_to_student_and_teachers(name, causal_student):
 
 
 def test_doc_masked_run_resumes_bit_exact(tmp_path, cache_dir, monkeypatch):
-    from test_train import Interrupt
-
-    from tinylm.train.loop import pretrain
-
     overrides = ("train.doc_mask=true", "train.steps=8", "train.ckpt_every=4", "train.log_every=2",
                  "train.eval_every=4", "train.milestones=false", "objective=hybrid", "model=bert_tiny")
-    full = pretrain(smoke_config(tmp_path / "full", cache_dir, *overrides))
-    part = tmp_path / "part"
-    with monkeypatch.context() as m:
-        interrupt_after_checkpoint(m, 4, Interrupt)
-        with pytest.raises(Interrupt):
-            pretrain(smoke_config(part, cache_dir, *overrides))
-    resumed = pretrain(smoke_config(part, cache_dir, *overrides, "train.resume=auto"))
+    full, resumed, a, b = full_and_resumed(tmp_path, cache_dir, monkeypatch, overrides, at_step=4)
     assert resumed["final_dev_loss"] == full["final_dev_loss"]
-    drop = ("tokens_per_s",)  # wall-clock
-    a = [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(tmp_path / "full")]
-    b = [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(part)]
     assert a == b and any("dev_mntp_loss" in r for r in a)
 
 

@@ -1,7 +1,6 @@
 """train.eval_tasks: a minimal-pair folder scored at every milestone and at the end, with the scorer
 the objective calls for; each row equals what tinylm.eval gives for that milestone's weights."""
 
-from pathlib import Path
 
 import pytest
 from helpers import ROOT, smoke_config

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from tinylm.config import DataConfig, ModelConfig, TokenizerConfig
-from tinylm.data.tokenizer import BOS_ID, MASK_ID
+from tinylm.data.tokenizer import MASK_ID
 from tinylm.eval.config import EvalConfig
 from tinylm.eval.run import choose_scorer, evaluate
 from tinylm.models import build_model

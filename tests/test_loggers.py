@@ -2,7 +2,6 @@
 training loop logs with: the files hold exactly metrics.jsonl's rows, also after a resume."""
 
 import csv
-import json
 
 import pytest
 

@@ -7,15 +7,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import compose_pretrain, interrupt_after_checkpoint, smoke_config
+from helpers import compose_pretrain, full_and_resumed
 from safetensors.torch import load_file
 
 from tinylm.config import ModelConfig
 from tinylm.models import build_model
 from tinylm.models.mlstm import MLSTM, log_forget_gate, mlstm_cell, segments
 from tinylm.train.checkpoint import checkpoint_dirs
-from tinylm.train.loop import pretrain
-from tinylm.train.metrics import read_metrics
 
 # Tolerances: |a - b| <= tol * (1 + |b|) elementwise. The cell's output is a ratio of two sums
 # that can nearly cancel, so it is compared relative to its own size (the model's logits are O(1)).
@@ -333,25 +331,15 @@ class Interrupt(Exception):
 def test_training_loop_trains_mlstm_and_resumes_bit_exact(tmp_path, cache_dir, monkeypatch):
     overrides = ("model=mlstm_tiny", "model.mlstm_chunk_size=16", "train.steps=12", "train.ckpt_every=6",
                  "train.log_every=1", "train.eval_every=6", "model.dropout=0.1", "optim.warmup_steps=2")
-    full = tmp_path / "full"
-    summary = pretrain(smoke_config(full, cache_dir, *overrides))
-    rows = read_metrics(full)
+    summary, _, rows, resumed_rows = full_and_resumed(tmp_path, cache_dir, monkeypatch, overrides, at_step=6,
+                                                      error=Interrupt)
+    full, parts = tmp_path / "full", tmp_path / "parts"
     losses = [r["loss"] for r in rows if "loss" in r]
     dev = [r["dev_loss"] for r in rows if "dev_loss" in r]
     assert json.loads((checkpoint_dirs(full)[-1] / "state.json").read_text())["model_config"]["family"] == "mlstm"
     assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0] and dev[-1] < dev[0]
     assert summary["steps"] == 12 and "## step 12" in (full / "samples.txt").read_text()
-
-    parts = tmp_path / "parts"
-
-    with monkeypatch.context() as m:
-        interrupt_after_checkpoint(m, 6, Interrupt)
-        with pytest.raises(Interrupt):
-            pretrain(smoke_config(parts, cache_dir, *overrides))
-    pretrain(smoke_config(parts, cache_dir, *overrides, "train.resume=auto"))
-    drop = ("tokens_per_s",)
-    assert [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(full)] == \
-           [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(parts)]
+    assert rows == resumed_rows
     wa = load_file(checkpoint_dirs(full)[-1] / "model.safetensors")
     wb = load_file(checkpoint_dirs(parts)[-1] / "model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)

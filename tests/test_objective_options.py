@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import interrupt_after_checkpoint, smoke_config
+from helpers import full_and_resumed, smoke_config
 from safetensors import safe_open
 
 from tinylm.config import ModelConfig, ObjectiveConfig
@@ -19,7 +19,6 @@ from tinylm.train import bootstrap, mtp
 from tinylm.train.checkpoint import checkpoint_dirs
 from tinylm.train.loop import pretrain
 from tinylm.train.masking import IGNORE, N_SPECIAL
-from tinylm.train.metrics import read_metrics
 from tinylm.train.objectives import CLASSES, build_objective
 from tinylm.train.positions import default_scorer, run_objective
 from tinylm.train.reweight import reweighted, row_weights
@@ -269,16 +268,8 @@ def test_bootstrap_loss_is_latent_plus_weighted_mlm_and_starts_from_a_copy():
 
 
 def _full_and_resumed(tmp_path, cache_dir, monkeypatch, overrides):
+    _, _, a, b = full_and_resumed(tmp_path, cache_dir, monkeypatch, overrides, at_step=4)
     full, parts = tmp_path / "full", tmp_path / "parts"
-    pretrain(smoke_config(full, cache_dir, *overrides))
-    with monkeypatch.context() as m:
-        interrupt_after_checkpoint(m, at_step=4)
-        with pytest.raises(KeyboardInterrupt):
-            pretrain(smoke_config(parts, cache_dir, *overrides))
-    pretrain(smoke_config(parts, cache_dir, *overrides, "train.resume=auto"))
-    drop = ("tokens_per_s",)
-    a = [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(full)]
-    b = [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(parts)]
     assert a == b
     ckpt = checkpoint_dirs(full)[-1]
     with safe_open(str(ckpt / "objective.safetensors"), "pt") as f:

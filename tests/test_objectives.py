@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import interrupt_after_checkpoint, smoke_config
+from helpers import full_and_resumed, smoke_config
 
 from tinylm.config import ModelConfig, ObjectiveConfig
 from tinylm.data.tokenizer import MASK_ID
@@ -315,19 +315,9 @@ BERT_SMOKE = ("model=bert_tiny", "model.d_ff=128", "objective=mlm", "objective.a
 def test_bert_mlm_pretrains_and_resumes_bit_exact(tmp_path, cache_dir, monkeypatch, one_thread):
     overrides = (*BERT_SMOKE, "train.steps=8", "train.ckpt_every=4", "train.log_every=1", "train.eval_every=4",
                  "model.dropout=0.1")
+    summary, _, a, b = full_and_resumed(tmp_path, cache_dir, monkeypatch, overrides, at_step=4)
     full = tmp_path / "full"
-    summary = pretrain(smoke_config(full, cache_dir, *overrides))
     assert summary["steps"] == 8
-    parts = tmp_path / "parts"
-    with monkeypatch.context() as m:
-        interrupt_after_checkpoint(m, at_step=4)
-        with pytest.raises(KeyboardInterrupt):
-            pretrain(smoke_config(parts, cache_dir, *overrides))
-    pretrain(smoke_config(parts, cache_dir, *overrides, "train.resume=auto"))
-
-    drop = ("tokens_per_s",)
-    a = [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(full)]
-    b = [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(parts)]
     assert a == b and "mask_rate" in a[0] and "dev_loss" in a[-1]
     assert a[0]["mask_rate"] > a[-1]["mask_rate"]  # the schedule: 0.3 -> 0.15
     state = json.loads((checkpoint_dirs(full)[-1] / "state.json").read_text())

@@ -5,7 +5,6 @@ into the step count that visits the train split's windows that many times."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

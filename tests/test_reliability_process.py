@@ -106,7 +106,7 @@ def test_sigterm_checkpoints_exits_non_zero_in_one_line_and_resumes_exactly(refe
     assert len(lines) == 1 and lines[0].startswith("stopped by SIGTERM after step "), err
     step = int(lines[0].split("after step ")[1].split(";")[0])
     assert step < STEPS and newest_intact(run).name == f"step_{step:08d}"
-    assert f"continue with train.resume=auto" in lines[0]
+    assert "continue with train.resume=auto" in lines[0]
     rc, out, err = finish(launch(run, cache_dir, "train.resume=auto"))
     assert rc == 0, err
     assert f"(step {step})" in out and "threads: 1 (train.threads)" in out
