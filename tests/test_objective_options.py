@@ -72,6 +72,35 @@ def test_mtp_loss_and_gradients_equal_the_hand_computed_mean_of_two_heads():
         torch.testing.assert_close(got[n], p.grad, rtol=1e-10, atol=1e-12, msg=n)
 
 
+def _extra_head_grads(dtype, loss_scale, outer_scale, weight):
+    """d(extra loss)/d(hidden) and /d(head's proj) through tinylm.train.mtp.extra_heads_loss in
+    `dtype`, the outer backward run at `outer_scale` as an fp16 GradScaler would, then unscaled."""
+    torch.manual_seed(0)
+    heads, head = mtp.MTPHeads(2, 16), torch.nn.Linear(16, V)
+    with torch.no_grad():
+        heads.heads[0].proj.weight.normal_(std=0.3)
+    heads, head = heads.to(dtype), head.to(dtype)
+    hidden = torch.randn(2, 8, 16, dtype=torch.float64).to(dtype).requires_grad_(True)
+    targets = batch(B=2, T=8)[1]
+    extra = mtp.extra_heads_loss(hidden, head, heads, targets, IGNORE, weight, None, {}, loss_scale=loss_scale)
+    (extra * outer_scale).backward()
+    proj = heads.heads[0].proj.weight
+    return hidden.grad.double() / outer_scale, proj.grad.double() / outer_scale
+
+
+def test_mtp_inner_backward_runs_at_the_fp16_loss_scale():
+    # a weight this small gives the extra head gradients (~1e-9) below fp16's smallest subnormal
+    # (6e-8): they vanish unless the inner backward is scaled as the loop's outer one is
+    weight, scale = 1e-6, 2.0 ** 16
+    want = _extra_head_grads(torch.float64, 1.0, 1.0, weight)
+
+    def rel_err(got):
+        return max(float((g - w).norm() / w.norm()) for g, w in zip(got, want))
+
+    assert rel_err(_extra_head_grads(torch.float16, scale, scale, weight)) < 0.02
+    assert rel_err(_extra_head_grads(torch.float16, 1.0, scale, weight)) > 0.5  # unscaled: underflow
+
+
 def test_mtp_targets_shift_by_k_and_stay_inside_documents():
     targets = torch.tensor([[11, 12, 13, 14, 15]])  # token t+1 at position t
     assert mtp.shifted_targets(targets, 2, IGNORE).tolist() == [[12, 13, 14, 15, IGNORE]]

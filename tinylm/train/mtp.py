@@ -23,8 +23,10 @@ backward run one after the other into the detached copy (torch.autograd.grad), s
 weights) are summed. The training loop still makes ONE backward call per micro-batch: the summed
 gradients enter the graph as the zero-valued linear term sum(x * g) - sum(x * g).detach(), whose
 gradient for x is g. So the loop's loss scaling (fp16 GradScaler), grad accumulation (loss /
-grad_accum), autocast and DDP's no_sync all apply to the extra heads unchanged. One caveat: under
-fp16 the heads' inner backward runs before the loss scale applies (bf16 and fp32 are unaffected).
+grad_accum), autocast and DDP's no_sync all apply to the extra heads unchanged. Under fp16 the
+inner backward runs at the loop's current loss scale too (`loss_scale`, else its small gradients
+would underflow in fp16 before the outer backward scales them); the summed gradients are kept in
+fp32 and unscaled, so the linear term hands the outer backward the true gradient to scale again.
 
 The extra heads belong to the objective, not the model: their weights are trained (Muon for the
 matrices under optim=muon), clipped with the model's, averaged across DDP ranks
@@ -100,21 +102,28 @@ def shifted_targets(targets: torch.Tensor, k: int, ignore: int, doc_ids: torch.T
     return out
 
 
+def _at_least_fp32(x: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 def _linear_term(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """sum(x * g) - its value: zero, with gradient g for each x."""
-    s = sum((x * g.to(x.dtype)).sum() for x, g in pairs)
+    """sum(x * g) - its value: zero, with gradient g for each x (g in fp32 at least, so an fp16
+    x's gradient is rounded only after the outer backward has scaled it)."""
+    s = sum((x.to(g.dtype) * g).sum() for x, g in pairs)
     return s - s.detach()
 
 
 def extra_heads_loss(hidden: torch.Tensor, head: nn.Linear, heads: MTPHeads, targets: torch.Tensor, ignore: int,
-                     weight: float, doc_ids: torch.Tensor | None, stats: dict, prefix: str = "") -> torch.Tensor:
+                     weight: float, doc_ids: torch.Tensor | None, stats: dict, prefix: str = "",
+                     loss_scale: float = 1.0) -> torch.Tensor:
     """mtp_weight * sum_k CE_k (value), with each head's gradient computed now, one head at a time,
-    and handed to the outer backward through a linear term (see the module docstring)."""
+    and handed to the outer backward through a linear term (see the module docstring).
+    loss_scale: the fp16 loss scale of the outer backward (1 without loss scaling)."""
     h = hidden.detach().requires_grad_(True)
     w = head.weight.detach().requires_grad_(True)
     b = None if head.bias is None else head.bias.detach().requires_grad_(True)
     leaves = [h, w] + ([b] if b is not None else [])
-    sums = [torch.zeros_like(x) for x in leaves]
+    sums = [torch.zeros_like(x, dtype=_at_least_fp32(x)) for x in leaves]
     pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
     total = 0.0
     for k, block in enumerate(heads.heads, start=2):
@@ -122,11 +131,11 @@ def extra_heads_loss(hidden: torch.Tensor, head: nn.Linear, heads: MTPHeads, tar
         own = list(block.parameters())
         with torch.enable_grad():
             loss_k, _ = ops.linear_cross_entropy(block(h), w, b, tk, ignore)
-            grads = torch.autograd.grad(loss_k * weight, leaves + own, allow_unused=True)
+            grads = torch.autograd.grad(loss_k * (weight * loss_scale), leaves + own, allow_unused=True)
         for s, g in zip(sums, grads[: len(leaves)]):
             if g is not None:
-                s.add_(g)
-        pairs += [(p, g) for p, g in zip(own, grads[len(leaves):]) if g is not None]
+                s.add_(g.to(s.dtype) / loss_scale)
+        pairs += [(p, g.to(_at_least_fp32(g)) / loss_scale) for p, g in zip(own, grads[len(leaves):]) if g is not None]
         stats[f"{prefix}mtp_loss_{k}"] = float(loss_k.detach())
         total = total + weight * loss_k.detach()
     outer = [hidden, head.weight] + ([head.bias] if head.bias is not None else [])
@@ -134,7 +143,7 @@ def extra_heads_loss(hidden: torch.Tensor, head: nn.Linear, heads: MTPHeads, tar
 
 
 def mtp_vocab_loss(model: nn.Module, forward, heads: MTPHeads, targets: torch.Tensor, ignore: int, weight: float,
-                   need_logits: bool, doc_ids: torch.Tensor | None, stats: dict, prefix: str = ""):
+                   need_logits: bool, doc_ids: torch.Tensor | None, stats: dict, prefix: str = "", loss_scale: float = 1.0):
     """As tinylm.ops.vocab_loss (main-head mean loss, per-token losses, logits or None) plus the
     extra heads' term: (hard, per_token, logits, extra); the objective's loss is (hard + extra) / n."""
     with head_as_identity(model) as head:
@@ -147,5 +156,5 @@ def mtp_vocab_loss(model: nn.Module, forward, heads: MTPHeads, targets: torch.Te
     else:
         logits = None
         hard, per_token = ops.linear_cross_entropy(hidden, head.weight, head.bias, targets, ignore)
-    extra = extra_heads_loss(hidden, head, heads, targets, ignore, weight, doc_ids, stats, prefix)
+    extra = extra_heads_loss(hidden, head, heads, targets, ignore, weight, doc_ids, stats, prefix, loss_scale)
     return hard, per_token, logits, extra

@@ -114,6 +114,7 @@ class Objective:
         self.masker = Masker(cfg, vocab_size)
         self.teachers = teachers or []
         self.loss_ema = torch.full((vocab_size,), math.log(vocab_size)) if cfg.adaptive else None
+        self.loss_scale = 1.0  # fp16: the loss scale of the coming backward (the loop sets it); MTP's inner one uses it
         # the objective's own weights (checkpointed, never exported); MTP's heads here, Bootstrap's below
         self.module: torch.nn.Module | None = None
         if cfg.mtp_heads > 1:
@@ -240,7 +241,7 @@ class Objective:
         need_logits = bool(self.teachers) or self.cfg.reweight != "none"  # reweighting: per-token losses with gradients
         if self.cfg.mtp_heads > 1:
             hard, per_token, logits, extra = mtp.mtp_vocab_loss(model, forward, self.module, targets, IGNORE, self.cfg.mtp_weight,
-                                                                need_logits, doc_ids, stats, prefix)
+                                                                need_logits, doc_ids, stats, prefix, self.loss_scale)
         else:  # fused head + loss on CUDA
             (hard, per_token, logits), extra = ops.vocab_loss(model, forward, targets, IGNORE, need_logits=need_logits), None
         hard = self._reweighted(hard, per_token, targets, stats, prefix)
