@@ -150,10 +150,12 @@ def attention(
 # --------------------------------------------------------------------------------------------------
 # relative-position attention (LTG-BERT's disentangled attention; a per-head bucket bias)
 
-# Most relative-position indices R "auto" sends to the kernel: its backward holds a (block, R)
-# accumulator and (block, R) gathers in registers; `make test-aot` checks R <= 64 (the shipped
-# configs have R = 63) spill-free. Head dims as ATTENTION_AUTO_HEAD_DIMS.
-RELATIVE_AUTO_MAX_BUCKETS = 64
+# Relative-position index counts R "auto" sends to the kernel: its backward holds a (block, R)
+# accumulator and (block, R) gathers in registers, and the kernel is specialised on BLOCK_R =
+# max(16, next_power_of_2(R)). `make test-aot` compiles BLOCK_R 64 (R = 63, LTG-BERT's log buckets)
+# and 32 (R = 32, the simple bias) spill-free, so auto takes 17 <= R <= 64; fewer buckets (BLOCK_R
+# 16, never compiled by the check) and more run on the reference. Head dims as ATTENTION_AUTO_HEAD_DIMS.
+RELATIVE_AUTO_BUCKETS = range(17, 65)
 
 
 def relative_index(rel_buckets: torch.Tensor, T: int) -> torch.Tensor:
@@ -218,7 +220,7 @@ def disentangled_attention(
     # "auto": the kernel for 16-bit inputs of the head dims and bucket counts whose kernels compile
     # without spills, and no dropout (the kernel has none); everything else on the reference.
     suits = (q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] in ATTENTION_AUTO_HEAD_DIMS
-             and c2p.shape[-1] <= RELATIVE_AUTO_MAX_BUCKETS and dropout_p == 0.0)
+             and c2p.shape[-1] in RELATIVE_AUTO_BUCKETS and dropout_p == 0.0)
     if _resolve(backend, q, triton_suits=suits) == "triton" and dropout_p == 0.0:
         from tinylm.kernels.bert_attention import relative_flash_attention
 

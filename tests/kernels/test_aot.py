@@ -73,6 +73,14 @@ def test_auto_routes_layer_norm_only_to_spill_free_widths():
     assert not ops.layer_norm_suits_kernel(8208)
 
 
+def test_auto_routes_relative_attention_only_to_checked_bucket_blocks():
+    """Every bucket count "auto" sends to the BERT kernel lands on a BLOCK_R the AOT check compiles."""
+    from tinylm.kernels import bert_attention as ba
+
+    checked = {ba._block_r(R) for _, R in ba.AOT_POSITIONS.values()}
+    assert {ba._block_r(R) for R in ops.RELATIVE_AUTO_BUCKETS} == checked == {32, 64}
+
+
 def test_auto_routes_attention_only_to_checked_head_dims():
     """Every head dim "auto" launches is one the AOT check compiles as launchable (not forced-only)
     for both attention kernels, so no spilling or unchecked specialisation is reachable by default."""
