@@ -45,8 +45,15 @@ def scores(run: Path) -> dict:
         "zorro_items": (zorro.get("max_items") or "all") if zorro else None,
         "bpb": (dev.get("dev") or {}).get("bits_per_byte"), "dev_loss": summary["final_dev_loss"],
         "tokens": summary["tokens_seen"], "words": summary["words_seen"], "minutes": summary["train_seconds"] / 60,
-        "overrides": " ".join(o for o in overrides if not o.startswith(_HIDDEN)),
+        "overrides": " ".join(o for o in _last_of_each_key(overrides) if not o.startswith(_HIDDEN)),
     }
+
+
+def _last_of_each_key(overrides: list[str]) -> list[str]:
+    """The overrides as Hydra applies them: of a key given twice only the last value counts (kept in
+    the later place)."""
+    last = {o.split("=", 1)[0]: i for i, o in enumerate(overrides)}
+    return [o for i, o in enumerate(overrides) if last[o.split("=", 1)[0]] == i]
 
 
 def _fmt(values: list, digits: int = 3) -> str:
