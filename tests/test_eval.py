@@ -360,3 +360,49 @@ def test_masked_scorer_on_a_causal_model_is_refused(run_dir, tmp_path):
     cfg = EvalConfig(ckpt=str(run_dir), tasks=str(tmp_path / "t.jsonl"), out=str(tmp_path / "o"), scorer="pll")
     with pytest.raises(InputError, match="scorer=pll needs a masked model"):
         evaluate(cfg)
+
+
+def test_dev_perplexity_of_a_doc_masked_run_scores_each_document_alone(monkeypatch):
+    """With doc_mask, every (window, document) piece is scored as the model run on that piece alone;
+    without, the windows run across the document boundaries."""
+    import numpy as np
+
+    from tinylm.config import ModelConfig
+    from tinylm.data import shards
+    from tinylm.data.tokenizer import BOS_ID, EOS_ID
+    from tinylm.eval.perplexity import dev_perplexity
+    from tinylm.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(family="gpt", vocab_size=40, n_layer=2, n_head=2, d_model=16, max_seq_len=16)).eval()
+    lengths, rows, docs, start = [5, 9, 1, 12], [], [], 0
+    for n in lengths:  # <bos> tokens <eos>, as the shards lay documents out
+        docs.append([BOS_ID, *range(10, 10 + n), EOS_ID])
+        rows.append((start, n, 0, n + 2))
+        start += n + 2
+    stream = [t for d in docs for t in d]
+    shard = shards.Shard(np.asarray(stream, dtype=np.uint16), np.asarray(rows, dtype=np.int64), sum(lengths))
+    monkeypatch.setattr(shards, "open_shard", lambda folder, split: shard)
+
+    class Chars:
+        def decode(self, ids):
+            return "x" * len(ids)
+
+    window = 8
+    nll = 0.0
+    with torch.no_grad():
+        for w in range(0, len(stream) - 1, window):
+            inputs, targets = stream[w : w + window], stream[w + 1 : w + window + 1]
+            doc = np.searchsorted([r[0] for r in rows], np.arange(w, w + len(inputs)), side="right")
+            for d in sorted(set(doc)):  # each document's piece of the window, alone
+                piece = np.flatnonzero(doc == d)
+                logits = model(torch.tensor([[inputs[i] for i in piece]]))[0]
+                for j, i in enumerate(piece):
+                    if i < len(targets) and targets[i] != BOS_ID:
+                        nll -= torch.log_softmax(logits[j].double(), -1)[targets[i]].item()
+    n_targets = sum(1 for t in stream[1:] if t != BOS_ID)
+    got = dev_perplexity(model, Chars(), "unused", window, batch_size=2, doc_mask=True)
+    assert got["doc_mask"] and got["tokens"] == n_targets and got["documents"] == len(lengths)
+    assert got["loss"] == pytest.approx(nll / n_targets, rel=1e-5)
+    across = dev_perplexity(model, Chars(), "unused", window, batch_size=2)
+    assert not across["doc_mask"] and abs(across["loss"] - got["loss"]) > 1e-3

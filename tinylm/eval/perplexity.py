@@ -4,6 +4,8 @@ The dev shard (tinylm/data/shards.py) lays documents out as `<bos> tokens <eos>`
 are taken in order up to `max_tokens`, concatenated, and cut into windows of the model's length
 that overlap by one token, so every token after the first is predicted once (context restarts at
 each window). BOS targets are not counted (a BOS after an EOS is a layout choice, not language).
+A run trained with train.doc_mask is scored as it trained: each window carries its document ids, so
+a document sees only itself (positions restarting at its start), as if scored alone.
 
     perplexity     = exp(NLL / predicted tokens)
     bits per byte  = NLL / ln 2 / UTF-8 bytes of the text, counted on the detokenised documents
@@ -56,7 +58,8 @@ def dev_shard_of(run_dir: Path) -> tuple[Path | None, str]:
 @torch.no_grad()
 def dev_perplexity(model, tokenizer, shard_dir: Path, window: int, batch_size: int = 32,
                    max_tokens: int = 500_000, device: torch.device | None = None,
-                   forward_kwargs: dict | None = None) -> dict[str, Any]:
+                   forward_kwargs: dict | None = None, doc_mask: bool = False) -> dict[str, Any]:
+    from tinylm.data.loader import document_ids
     from tinylm.data.shards import open_shard
 
     shard = open_shard(shard_dir, "dev")
@@ -83,11 +86,17 @@ def dev_perplexity(model, tokenizer, shard_dir: Path, window: int, batch_size: i
         T = max(len(c) for c in batch) - 1
         inputs = torch.zeros(len(batch), T, dtype=torch.long)
         targets = torch.full((len(batch), T), -100, dtype=torch.long)
+        docs = torch.zeros(len(batch), T, dtype=torch.long)
         for i, c in enumerate(batch):
             inputs[i, : len(c) - 1] = c[:-1]
             targets[i, : len(c) - 1] = c[1:]
+            first = (b + i) * window  # stream offset of the window's first input
+            ids = torch.from_numpy(document_ids(np.asarray(starts[:-1]), np.arange(first, first + len(c) - 1)))
+            docs[i, : len(c) - 1] = ids
+            docs[i, len(c) - 1 :] = ids[-1] + 1  # padding: a document of its own after the last (ids stay ascending)
         targets[targets == BOS_ID] = -100
-        logits = model(inputs.to(device), **(forward_kwargs or {})).float()
+        kwargs = dict(forward_kwargs or {}) | ({"doc_ids": docs.to(device)} if doc_mask else {})
+        logits = model(inputs.to(device), **kwargs).float()
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.to(device).view(-1), ignore_index=-100, reduction="sum")
         nll += loss.item()
         count += int((targets != -100).sum())
@@ -98,5 +107,6 @@ def dev_perplexity(model, tokenizer, shard_dir: Path, window: int, batch_size: i
         "loss": nll / count,  # nats per token
         "perplexity": math.exp(nll / count),
         "bits_per_byte": nll / math.log(2) / n_bytes,
+        "doc_mask": doc_mask,
         "shards": str(shard_dir),
     }

@@ -174,6 +174,16 @@ def write_samples(model, tokenizer, prompts: list[str], n_tokens: int, seed: int
     return out
 
 
+def trained_with_doc_mask(run_dir: Path) -> bool:
+    """Whether the run trained with train.doc_mask (its dev perplexity is then scored the same way)."""
+    config = run_dir / "config.yaml"
+    if not config.exists():
+        return False
+    from tinylm.config import load_stored_config
+
+    return bool((load_stored_config(config).get("train") or {}).get("doc_mask"))
+
+
 def _run_prompts(run_dir: Path) -> list[str]:
     config = run_dir / "config.yaml"
     if config.exists():
@@ -235,7 +245,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.dev and causal:
         shard_dir, why = dev_shard_of(run_dir)
         results["dev"] = (dev_perplexity(model, tokenizer, shard_dir, window, cfg.batch_size,
-                                         cfg.dev_max_tokens, device, causal_forward_kwargs(model))
+                                         cfg.dev_max_tokens, device, causal_forward_kwargs(model),
+                                         doc_mask=trained_with_doc_mask(run_dir))
                           if shard_dir else {"skipped": why})
     else:
         results["dev"] = {"skipped": "dev=false" if not cfg.dev else f"not a causal model (objective {objective})"}
