@@ -549,6 +549,19 @@ def delta_block_m(block_d: int) -> int:
     return 64 if _INTERPRET else 4096 // block_d
 
 
+def backward_delta(o: torch.Tensor, do: torch.Tensor, block_d: int) -> torch.Tensor:
+    """(B * H, T) fp32 rowsums of dO * O from (B, H, T, D) tensors: the backward's Delta term, shared
+    with tinylm.kernels.bert_attention."""
+    B, H, T, D = o.shape
+    delta = torch.empty((B * H, T), dtype=torch.float32, device=o.device)
+    block_m = delta_block_m(block_d)
+    _bwd_delta_kernel[(triton.cdiv(T, block_m), B * H)](
+        o, do, delta, *_strides(o), *_strides(do), H, T,
+        HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=block_m, num_warps=DELTA_WARPS,
+    )
+    return delta
+
+
 def _strides(x: torch.Tensor) -> tuple[int, int, int]:
     return x.stride(0), x.stride(1), x.stride(2)
 
@@ -608,12 +621,7 @@ def _attn_forward(q, k, v, kpm, doc, kspan, causal, scale):
 def _attn_backward(do, q, k, v, o, lse, kpm, doc, kspan, qspan, causal, scale):
     B, H, T, D = q.shape
     c = _common(q, kpm, doc, causal)
-    delta = torch.empty((B * H, T), dtype=torch.float32, device=q.device)
-    BLOCK = delta_block_m(c["BLOCK_D"])
-    _bwd_delta_kernel[(triton.cdiv(T, BLOCK), B * H)](
-        o, do, delta, *_strides(o), *_strides(do), H, T,
-        HEAD_DIM=D, BLOCK_D=c["BLOCK_D"], BLOCK_M=BLOCK, num_warps=DELTA_WARPS,
-    )
+    delta = backward_delta(o, do, c["BLOCK_D"])
     dq = torch.empty((B, H, T, D), dtype=q.dtype, device=q.device)
     dk = torch.empty((B, H, T, D), dtype=k.dtype, device=q.device)
     dv = torch.empty((B, H, T, D), dtype=v.dtype, device=q.device)

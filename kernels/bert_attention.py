@@ -40,19 +40,14 @@ dropout is not implemented: tinylm.ops sends dropout_p > 0 to the PyTorch path.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 
 from tinylm.kernels.attention import (
-    DELTA_WARPS,
-    _INTERPRET,
     _KEY,
     _LOG2E,
     _autotuned,
-    _bwd_delta_kernel,
     _last_dim_contiguous,
     _load_tile,
     _pair_mask,
@@ -60,7 +55,7 @@ from tinylm.kernels.attention import (
     _spans,
     _store_tile,
     _strides,
-    delta_block_m,
+    backward_delta,
 )
 
 BKT_PAD = 128  # >= the largest BLOCK_M / BLOCK_N of any config
@@ -575,12 +570,7 @@ class _RelativeAttention(torch.autograd.Function):
         has_p2c = p2c is not None
         p2c_arg = p2c if has_p2c else c2p
         c = _common(q, R, kpm, doc, ctx.causal, has_p2c)
-        delta = torch.empty((B * H, T), dtype=torch.float32, device=q.device)
-        BLOCK = delta_block_m(c["BLOCK_D"])
-        _bwd_delta_kernel[(triton.cdiv(T, BLOCK), B * H)](
-            o, do, delta, *_strides(o), *_strides(do), H, T,
-            HEAD_DIM=D, BLOCK_D=c["BLOCK_D"], BLOCK_M=BLOCK, num_warps=DELTA_WARPS,
-        )
+        delta = backward_delta(o, do, c["BLOCK_D"])
         dq, dk, dv = (torch.empty((B, H, T, D), dtype=q.dtype, device=q.device) for _ in range(3))
         dc2p = torch.empty((B, H, T, R), dtype=c2p.dtype, device=q.device)
         dp2c = torch.empty((B, H, T, R), dtype=p2c.dtype, device=q.device) if has_p2c else dc2p

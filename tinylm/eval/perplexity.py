@@ -72,6 +72,7 @@ def dev_perplexity(model, tokenizer, shard_dir: Path, window: int, batch_size: i
     if n_docs == 0 or end < 2:
         return {"skipped": "the dev split is empty"}
     stream = torch.from_numpy(tokens[:end].astype(np.int64))
+    stream_docs = torch.from_numpy(document_ids(shard.docs[:n_docs, 0], np.arange(end))) if doc_mask else None
     n_bytes = 0
     for d in range(n_docs):
         doc = tokens[starts[d] : starts[d + 1]].tolist()
@@ -90,10 +91,11 @@ def dev_perplexity(model, tokenizer, shard_dir: Path, window: int, batch_size: i
         for i, c in enumerate(batch):
             inputs[i, : len(c) - 1] = c[:-1]
             targets[i, : len(c) - 1] = c[1:]
-            first = (b + i) * window  # stream offset of the window's first input
-            ids = torch.from_numpy(document_ids(np.asarray(starts[:-1]), np.arange(first, first + len(c) - 1)))
-            docs[i, : len(c) - 1] = ids
-            docs[i, len(c) - 1 :] = ids[-1] + 1  # padding: a document of its own after the last (ids stay ascending)
+            if stream_docs is not None:
+                first = (b + i) * window  # stream offset of the window's first input
+                ids = stream_docs[first : first + len(c) - 1]
+                docs[i, : len(c) - 1] = ids
+                docs[i, len(c) - 1 :] = ids[-1] + 1  # padding: a document of its own after the last (ids stay ascending)
         targets[targets == BOS_ID] = -100
         kwargs = dict(forward_kwargs or {}) | ({"doc_ids": docs.to(device)} if doc_mask else {})
         logits = model(inputs.to(device), **kwargs).float()

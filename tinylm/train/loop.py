@@ -281,7 +281,8 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Dist, device_name: str, stop
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss_sum, stat_sums = 0.0, {}
-        objective.loss_scale = precision.scaler.get_scale()  # 1.0 unless fp16 loss scaling is on
+        if precision.scaler.is_enabled():  # fp16: the scale MTP's inner backward runs at (the loop syncs per step anyway)
+            objective.loss_scale = precision.scaler.get_scale()
         for micro in range(tc.grad_accum):
             batch = loader.next_batch()
             with distributed.no_sync(train_model, last=micro == tc.grad_accum - 1):
