@@ -120,7 +120,11 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     ctx, device_name = distributed.setup(tc.device, tc.strategy)
     try:
         with RunLock(cfg.run_dir) if ctx.is_main else contextlib.nullcontext(), StopSignals(install=not ctx.active) as stop:
-            return _pretrain(cfg, ctx, device_name, stop)
+            summary = _pretrain(cfg, ctx, device_name, stop)
+        # Only on success (after an error the other ranks may never arrive): no rank closes its gloo
+        # connections while another still finishes its last collective, which aborted that rank (SIGABRT).
+        ctx.barrier()
+        return summary
     finally:
         distributed.teardown(ctx)
 
