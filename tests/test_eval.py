@@ -362,32 +362,47 @@ def test_masked_scorer_on_a_causal_model_is_refused(run_dir, tmp_path):
         evaluate(cfg)
 
 
+class _Chars:
+    """A tokenizer whose every token decodes to `width` characters."""
+
+    def __init__(self, width: int):
+        self.width = width
+
+    def decode(self, ids):
+        return "x" * (self.width * len(ids))
+
+
+def _dev_shard(monkeypatch, lengths: list[int]) -> tuple[list[int], list[tuple]]:
+    """A dev shard of documents with these token counts, as tinylm.data.shards lays them out
+    (`<bos> tokens <eos>`); open_shard returns it. (token stream, document rows)"""
+    import numpy as np
+
+    from tinylm.data import shards
+    from tinylm.data.tokenizer import BOS_ID, EOS_ID
+
+    rows, stream = [], []
+    for n in lengths:
+        rows.append((len(stream), n, 0, n + 2))
+        stream += [BOS_ID, *range(10, 10 + n), EOS_ID]
+    shard = shards.Shard(np.asarray(stream, dtype=np.uint16), np.asarray(rows, dtype=np.int64), sum(lengths))
+    monkeypatch.setattr(shards, "open_shard", lambda folder, split: shard)
+    return stream, rows
+
+
 def test_dev_perplexity_of_a_doc_masked_run_scores_each_document_alone(monkeypatch):
     """With doc_mask, every (window, document) piece is scored as the model run on that piece alone;
     without, the windows run across the document boundaries."""
     import numpy as np
 
     from tinylm.config import ModelConfig
-    from tinylm.data import shards
-    from tinylm.data.tokenizer import BOS_ID, EOS_ID
+    from tinylm.data.tokenizer import BOS_ID
     from tinylm.eval.perplexity import dev_perplexity
     from tinylm.models import build_model
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(family="gpt", vocab_size=40, n_layer=2, n_head=2, d_model=16, max_seq_len=16)).eval()
-    lengths, rows, docs, start = [5, 9, 1, 12], [], [], 0
-    for n in lengths:  # <bos> tokens <eos>, as the shards lay documents out
-        docs.append([BOS_ID, *range(10, 10 + n), EOS_ID])
-        rows.append((start, n, 0, n + 2))
-        start += n + 2
-    stream = [t for d in docs for t in d]
-    shard = shards.Shard(np.asarray(stream, dtype=np.uint16), np.asarray(rows, dtype=np.int64), sum(lengths))
-    monkeypatch.setattr(shards, "open_shard", lambda folder, split: shard)
-
-    class Chars:
-        def decode(self, ids):
-            return "x" * len(ids)
-
+    lengths = [5, 9, 1, 12]
+    stream, rows = _dev_shard(monkeypatch, lengths)
     window = 8
     nll = 0.0
     with torch.no_grad():
@@ -401,8 +416,23 @@ def test_dev_perplexity_of_a_doc_masked_run_scores_each_document_alone(monkeypat
                     if i < len(targets) and targets[i] != BOS_ID:
                         nll -= torch.log_softmax(logits[j].double(), -1)[targets[i]].item()
     n_targets = sum(1 for t in stream[1:] if t != BOS_ID)
-    got = dev_perplexity(model, Chars(), "unused", window, batch_size=2, doc_mask=True)
+    got = dev_perplexity(model, _Chars(1), "unused", window, batch_size=2, doc_mask=True)
     assert got["doc_mask"] and got["tokens"] == n_targets and got["documents"] == len(lengths)
     assert got["loss"] == pytest.approx(nll / n_targets, rel=1e-5)
-    across = dev_perplexity(model, Chars(), "unused", window, batch_size=2)
+    across = dev_perplexity(model, _Chars(1), "unused", window, batch_size=2)
     assert not across["doc_mask"] and abs(across["loss"] - got["loss"]) > 1e-3
+
+
+def test_dev_perplexity_takes_the_same_documents_whatever_the_tokenizer(monkeypatch):
+    """The cap is on bytes of text, not tokens: the same four documents (5, 9, 3, 13 bytes with the
+    line break each EOS stands for) as 1-byte or 2-byte tokens give the same documents and bytes."""
+    from tinylm.config import ModelConfig
+    from tinylm.eval.perplexity import dev_perplexity
+    from tinylm.models import build_model
+
+    model = build_model(ModelConfig(family="gpt", vocab_size=40, n_layer=1, n_head=1, d_model=8, max_seq_len=16)).eval()
+    for lengths, width in (([4, 8, 2, 12], 1), ([2, 4, 1, 6], 2)):
+        _dev_shard(monkeypatch, lengths)
+        got = [dev_perplexity(model, _Chars(width), "unused", 8, max_bytes=cap) for cap in (17, 16, 1, 10**6)]
+        assert [(g["documents"], g["bytes"]) for g in got] == [(3, 17), (2, 14), (1, 5), (4, 30)]
+        assert got[0]["tokens"] == sum(lengths[:3]) + 3  # content tokens and EOSes; BOS targets are not counted

@@ -25,7 +25,7 @@ class EvalConfig:
     max_items: int = 0  # >0: only the first max_items items of each file (a quick look)
     max_len: int = 0  # >0: scoring and dev-perplexity window in tokens; 0 = the run's training seq_len (longest stage reached)
     dev: bool = True  # dev perplexity and bits per byte on the run's dev shard (causal models)
-    dev_max_tokens: int = 500_000
+    dev_max_bytes: int = 1_500_000  # dev perplexity on the first dev documents up to this much text (UTF-8 bytes)
     samples: bool = True  # a few generations (causal models)
     sample_tokens: int = 32
     seed: int = 0  # sampling seed

@@ -1,7 +1,8 @@
 """Dev perplexity and bits per byte of a causal model on its run's dev shard.
 
 The dev shard (tinylm/data/shards.py) lays documents out as `<bos> tokens <eos>`. Whole documents
-are taken in order up to `max_tokens`, concatenated, and cut into windows of the model's length
+are taken in order up to `max_bytes` bytes of text (a byte cap, not a token cap, so that runs with
+different tokenizers score the same text), concatenated, and cut into windows of the model's length
 that overlap by one token, so every token after the first is predicted once (context restarts at
 each window). BOS targets are not counted (a BOS after an EOS is a layout choice, not language).
 A run trained with train.doc_mask is scored as it trained: each window carries its document ids, so
@@ -57,7 +58,7 @@ def dev_shard_of(run_dir: Path) -> tuple[Path | None, str]:
 
 @torch.no_grad()
 def dev_perplexity(model, tokenizer, shard_dir: Path, window: int, batch_size: int = 32,
-                   max_tokens: int = 500_000, device: torch.device | None = None,
+                   max_bytes: int = 1_500_000, device: torch.device | None = None,
                    forward_kwargs: dict | None = None, doc_mask: bool = False) -> dict[str, Any]:
     from tinylm.data.loader import document_ids
     from tinylm.data.shards import open_shard
@@ -65,19 +66,18 @@ def dev_perplexity(model, tokenizer, shard_dir: Path, window: int, batch_size: i
     shard = open_shard(shard_dir, "dev")
     tokens = np.asarray(shard.tokens)
     starts = list(shard.docs[:, 0]) + [len(tokens)]
-    n_docs, end = 0, 0
-    while n_docs < len(starts) - 1 and (n_docs == 0 or starts[n_docs + 1] <= max_tokens):
-        n_docs += 1
-        end = starts[n_docs]
+    n_docs, n_bytes = 0, 0  # the first documents whose text fits in max_bytes (at least one)
+    while n_docs < len(starts) - 1:
+        content = [t for t in tokens[starts[n_docs] : starts[n_docs + 1]].tolist() if t not in (BOS_ID, EOS_ID)]
+        doc_bytes = len(tokenizer.decode(content).encode("utf-8")) + 1
+        if n_docs and n_bytes + doc_bytes > max_bytes:
+            break
+        n_docs, n_bytes = n_docs + 1, n_bytes + doc_bytes
+    end = starts[n_docs]
     if n_docs == 0 or end < 2:
         return {"skipped": "the dev split is empty"}
     stream = torch.from_numpy(tokens[:end].astype(np.int64))
     stream_docs = torch.from_numpy(document_ids(shard.docs[:n_docs, 0], np.arange(end))) if doc_mask else None
-    n_bytes = 0
-    for d in range(n_docs):
-        doc = tokens[starts[d] : starts[d + 1]].tolist()
-        content = [t for t in doc if t not in (BOS_ID, EOS_ID)]
-        n_bytes += len(tokenizer.decode(content).encode("utf-8")) + 1
 
     device = device or next(model.parameters()).device
     chunks = [stream[i : i + window + 1] for i in range(0, len(stream) - 1, window)]

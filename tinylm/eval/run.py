@@ -245,7 +245,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.dev and causal:
         shard_dir, why = dev_shard_of(run_dir)
         results["dev"] = (dev_perplexity(model, tokenizer, shard_dir, window, cfg.batch_size,
-                                         cfg.dev_max_tokens, device, causal_forward_kwargs(model),
+                                         cfg.dev_max_bytes, device, causal_forward_kwargs(model),
                                          doc_mask=trained_with_doc_mask(run_dir))
                           if shard_dir else {"skipped": why})
     else:
