@@ -72,18 +72,21 @@ def choose_scorer(requested: str, model, objective: str) -> str:
     return requested
 
 
+def stored_run_config(run_dir: Path) -> dict:
+    """The run's config.yaml as plain data (interpolations unresolved); {} when it is gone."""
+    from tinylm.config import load_stored_config
+
+    config = run_dir / "config.yaml"
+    return load_stored_config(config) if config.exists() else {}
+
+
 def training_window(run_dir: Path, state: dict) -> int:
     """The longest window the run trained on: train.seq_len, or with a sequence-length curriculum the
     last stage the checkpoint's step (or words seen) reached; 0 when the run's config is gone."""
-    config = run_dir / "config.yaml"
-    if not config.exists():
-        return 0
-    from omegaconf import OmegaConf
-
     from tinylm.config import CurriculumConfig
     from tinylm.data.curriculum import stage_lengths
 
-    raw = OmegaConf.to_container(OmegaConf.load(config), resolve=False)
+    raw = stored_run_config(run_dir)
     seq_len = int((raw.get("train") or {}).get("seq_len") or 0)
     curriculum = raw.get("curriculum") or {}
     if not seq_len or curriculum.get("name", "none") == "none":
@@ -176,23 +179,12 @@ def write_samples(model, tokenizer, prompts: list[str], n_tokens: int, seed: int
 
 def trained_with_doc_mask(run_dir: Path) -> bool:
     """Whether the run trained with train.doc_mask (its dev perplexity is then scored the same way)."""
-    config = run_dir / "config.yaml"
-    if not config.exists():
-        return False
-    from tinylm.config import load_stored_config
-
-    return bool((load_stored_config(config).get("train") or {}).get("doc_mask"))
+    return bool((stored_run_config(run_dir).get("train") or {}).get("doc_mask"))
 
 
 def _run_prompts(run_dir: Path) -> list[str]:
-    config = run_dir / "config.yaml"
-    if config.exists():
-        from tinylm.config import load_stored_config
-
-        prompts = (load_stored_config(config).get("train") or {}).get("sample_prompts")
-        if prompts:
-            return [str(p) for p in prompts]
-    return DEFAULT_PROMPTS
+    prompts = (stored_run_config(run_dir).get("train") or {}).get("sample_prompts")
+    return [str(p) for p in prompts] if prompts else DEFAULT_PROMPTS
 
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
