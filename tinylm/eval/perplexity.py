@@ -106,6 +106,7 @@ def dev_perplexity(model, tokenizer, shard_dir: Path, window: int, batch_size: i
         "documents": n_docs,
         "tokens": count,
         "bytes": n_bytes,
+        "max_bytes": max_bytes,
         "loss": nll / count,  # nats per token
         "perplexity": math.exp(nll / count),
         "bits_per_byte": nll / math.log(2) / n_bytes,
