@@ -380,7 +380,7 @@ def bench_mlstm(args, rows):
     import torch.nn.functional as F
 
     from tinylm import ops
-    from tinylm.models.mlstm import mlstm_cell
+    from tinylm.models.mlstm_cell import mlstm_cell
 
     theirs = _mlstm_kernels_baseline()
     for B, H, T, D in MLSTM_SHAPES:

@@ -4,7 +4,7 @@
     python bench/bench_mlstm.py --lengths 512,2048,8192 --repeats 3 --threads 1   # a quick CPU run
 
 What is timed is the token mixing of one layer, forward + backward (--forward-only: forward), on
-random inputs: the chunkwise mLSTM cell (tinylm.models.mlstm.mlstm_cell, gates included) against
+random inputs: the chunkwise mLSTM cell (tinylm.models.mlstm_cell.mlstm_cell, gates included) against
 causal attention (tinylm.ops.attention: Triton on CUDA, PyTorch SDPA on CPU), and, up to
 --parallel-max tokens, the quadratic parallel mLSTM form. Chunkwise cost per token should stay
 roughly flat in T; attention's grows linearly. Defaults on CUDA: mLSTM 4 heads x 256 (mlstm_30m's
@@ -26,7 +26,7 @@ import torch
 from report import save, text_table
 
 from tinylm import ops
-from tinylm.models.mlstm import mlstm_cell
+from tinylm.models.mlstm_cell import mlstm_cell
 
 
 def timed(fn, device, repeats: int, warmup: int) -> float:

@@ -1,5 +1,5 @@
 """Chunkwise mLSTM cell (forward + backward) in Triton: the mathematics of
-tinylm.models.mlstm.mlstm_chunkwise (see that module for the cell and its stabiliser m).
+tinylm.models.mlstm_cell.mlstm_chunkwise (see that module for the cell and its stabiliser m).
 
 Per (batch, head), with chunks of L = CHUNK tokens, k scaled by 1/sqrt(D), b_s the within-chunk
 cumulative sum of log f, and the stabilised states (C~, n~, m) entering each chunk:
@@ -24,7 +24,7 @@ cumulative sum of log f, and the stabilised states (C~, n~, m) entering each chu
     Forget gate kinds (logsigmoid or exp) differ only in log f = F(f~), whose derivative autograd
     applies outside the kernel.
 
-Documents: `seg` (B, T) segment ids (tinylm.models.mlstm.segments). Token j reaches row s of the
+Documents: `seg` (B, T) segment ids (tinylm.models.mlstm_cell.segments). Token j reaches row s of the
 same chunk iff seg_j == seg_s; the carried state reaches row s iff seg_s equals the segment of the
 token before the chunk; a chunk's tokens enter the state at its end iff they share the segment of
 its last token, exactly as the native chunkwise form masks them.

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from tinylm.config import ModelConfig
 from tinylm.models import build_model
-from tinylm.models.mlstm import MLSTM, log_forget_gate, mlstm_cell, segments
+from tinylm.models.mlstm import MLSTM
+from tinylm.models.mlstm_cell import log_forget_gate, mlstm_cell, segments
 from tinylm.train.checkpoint import checkpoint_dirs
 
 # Tolerances: |a - b| <= tol * (1 + |b|) elementwise. The cell's output is a ratio of two sums

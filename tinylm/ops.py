@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from tinylm.errors import InputError
+from tinylm.models import mlstm_cell as native_mlstm
 
 BACKENDS = ("auto", "triton", "torch")
 _default_backend = "auto"
@@ -296,21 +297,19 @@ def mlstm_suits_kernel(head_dim: int, chunk_size: int, dtype: torch.dtype) -> bo
 
 def mlstm_cell(q, k, v, i_pre, f_pre, form: str = "chunkwise", forget_gate: str = "sigmoid",
                chunk_size: int = 64, state=None, seg=None, backend: str = "auto"):
-    """The mLSTM cell (tinylm.models.mlstm.mlstm_cell, same arguments and results).
+    """The mLSTM cell (tinylm.models.mlstm_cell.mlstm_cell, same arguments and results).
 
     The Triton kernel computes the chunkwise form from the empty memory: calls with another form
     or with a carried `state` (generation's recurrent steps) always run the model's own code, on
     every backend. The kernel's returned final state is detached (generation needs no gradient).
     """
-    from tinylm.models import mlstm as native
-
     if form == "chunkwise" and state is None:
         suits = mlstm_suits_kernel(q.shape[-1], chunk_size, q.dtype)
         if _resolve(backend, q, triton_suits=suits) == "triton":
             from tinylm.kernels.mlstm import mlstm_chunkwise
 
-            return mlstm_chunkwise(q, k, v, i_pre, native.log_forget_gate(f_pre, forget_gate), seg, chunk_size)
-    return native.mlstm_cell(q, k, v, i_pre, f_pre, form, forget_gate, chunk_size, state, seg)
+            return mlstm_chunkwise(q, k, v, i_pre, native_mlstm.log_forget_gate(f_pre, forget_gate), seg, chunk_size)
+    return native_mlstm.mlstm_cell(q, k, v, i_pre, f_pre, form, forget_gate, chunk_size, state, seg)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from tinylm import ops
 from tinylm.config import ModelConfig
 from tinylm.kernels import mlstm as kmod
 from tinylm.models import build_model
-from tinylm.models.mlstm import FORMS, log_forget_gate, mlstm_cell, segments
+from tinylm.models.mlstm_cell import FORMS, log_forget_gate, mlstm_cell, segments
 
 # |got - ref| <= TOL * (1 + |ref|) elementwise (as tests/test_mlstm.py). fp32 kernel vs float64:
 # the worst seen on these cases is ~3e-5, in the forget-gate gradient, which sums q.dq - k.dk over
