@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tinylm.data import default_corpus as dc
+from tinylm.data import default_lexicon as lex
 from tinylm.data.default_corpus import generate_documents, write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,7 +129,7 @@ def test_pronoun_verb_agreement(text):
         hits = re.findall(pat, text, flags=re.IGNORECASE)
         assert not hits, (pat, hits[:5])
     # A single named child takes singular verbs ("Ben is", "Mia was"); "X and Ben are" is fine.
-    names = "|".join(dc.GIRLS + dc.BOYS)
+    names = "|".join(lex.GIRLS + lex.BOYS)
     hits = re.findall(rf"(?<!and )(?<![Dd]oes )(?<![Dd]id )\b({names}) "
                       r"(are|were|have|like|want)\b", text)
     assert not hits, hits[:5]
@@ -139,9 +140,9 @@ def test_pronoun_verb_agreement(text):
 
 
 def test_noun_number_agreement(text):
-    nouns = ([a[0] for a in dc.ANIMALS] + [f[0] for f in dc.FOODS] + list(dc.TOYS) + ["egg"])
-    sing = {n for n in nouns if dc._plural(n) != n}
-    plur = {dc._plural(n) for n in sing}
+    nouns = ([a[0] for a in lex.ANIMALS] + [f[0] for f in lex.FOODS] + list(lex.TOYS) + ["egg"])
+    sing = {n for n in nouns if lex.plural(n) != n}
+    plur = {lex.plural(n) for n in sing}
     for num, noun in re.findall(r"\b(one|two|three|four|five|six|seven|eight|nine|ten) (\w+)",
                                 text, flags=re.IGNORECASE):
         if num.lower() == "one":
@@ -157,28 +158,28 @@ def test_noun_number_agreement(text):
 
 
 def test_plural_and_verb_morphology():
-    assert [dc._plural(w) for w in ("dog", "fox", "puppy", "mouse", "teddy bear", "boy")] == \
+    assert [lex.plural(w) for w in ("dog", "fox", "puppy", "mouse", "teddy bear", "boy")] == \
         ["dogs", "foxes", "puppies", "mice", "teddy bears", "boys"]
-    assert dc._verb("fly kites") == ("flies kites", "flew kites", "flying kites")
-    assert dc._verb("hop like a frog")[1:] == ("hopped like a frog", "hopping like a frog")
-    assert dc._verb("bake cookies") == ("bakes cookies", "baked cookies", "baking cookies")
-    assert dc._verb("play tag") == ("plays tag", "played tag", "playing tag")
-    assert dc._a("orange cat") == "an orange cat" and dc._a("red apple") == "a red apple"
+    assert lex.verb_forms("fly kites") == ("flies kites", "flew kites", "flying kites")
+    assert lex.verb_forms("hop like a frog")[1:] == ("hopped like a frog", "hopping like a frog")
+    assert lex.verb_forms("bake cookies") == ("bakes cookies", "baked cookies", "baking cookies")
+    assert lex.verb_forms("play tag") == ("plays tag", "played tag", "playing tag")
+    assert lex.a_or_an("orange cat") == "an orange cat" and lex.a_or_an("red apple") == "a red apple"
 
 
 # ----------------------------------------------------------------------- structure and facts
 
 
 def test_world_facts_are_consistent(text):
-    sound = {a[0]: a[1] for a in dc.ANIMALS}
-    diet = {a[0]: a[2] for a in dc.ANIMALS}
+    sound = {a[0]: a[1] for a in lex.ANIMALS}
+    diet = {a[0]: a[2] for a in lex.ANIMALS}
     said = re.findall(r"The (\w+) says ([\w-]+)!", text)
     assert said
     for an, s in said:
         assert sound[an] == s, (an, s)
     # Stories: 'The cow said, "Moo!"' / '"Moo!" said the cows.'
     story_said = re.findall(r'The (\w+) said, "([\w-]+)!"', text)
-    singular = {dc._plural(a[0]): a[0] for a in dc.ANIMALS}
+    singular = {lex.plural(a[0]): a[0] for a in lex.ANIMALS}
     story_said += [(singular[an], s) for s, an in re.findall(r'"([\w-]+)!" said the (\w+)\.', text)]
     assert len(story_said) > 50
     for an, s in story_said:
@@ -187,17 +188,17 @@ def test_world_facts_are_consistent(text):
     assert liked
     for an, food in liked:
         assert diet[an] == food, (an, food)
-    days = dc.DAYS
+    days = lex.DAYS
     for today, tomorrow in re.findall(r"Today is (\w+)\.\" \"And what day is tomorrow\?\" "
                                       r"\"Tomorrow is (\w+)", text):
         assert days[(days.index(today) + 1) % 7] == tomorrow
     for big_, small in re.findall(r"The (\w+) is bigger than the (\w+)\.", text):
-        assert int(dict((a[0], a[3]) for a in dc.ANIMALS)[big_]) > \
-            int(dict((a[0], a[3]) for a in dc.ANIMALS)[small])
+        assert int(dict((a[0], a[3]) for a in lex.ANIMALS)[big_]) > \
+            int(dict((a[0], a[3]) for a in lex.ANIMALS)[small])
 
 
 def test_characters_recur_within_stories(big):
-    names = set(dc.GIRLS) | set(dc.BOYS)
+    names = set(lex.GIRLS) | set(lex.BOYS)
     recurring = 0
     for d in big:
         counts = [len(re.findall(rf"\b{n}\b", d)) for n in names]
