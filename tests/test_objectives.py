@@ -4,7 +4,9 @@ with a bit-exact resume."""
 
 import json
 import math
+import re
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,11 +18,11 @@ from tinylm.data.tokenizer import MASK_ID
 from tinylm.errors import InputError
 from tinylm.models import build_model
 from tinylm.train.checkpoint import checkpoint_dirs, save_checkpoint
-from tinylm.train.loop import pretrain
+from tinylm.train.loop import pretrain, write_samples
 from tinylm.train.metrics import read_metrics
 from tinylm.train.distill import distillation_loss
 from tinylm.train.masking import IGNORE, N_SPECIAL, Masker, mntp_targets
-from tinylm.train.objectives import build_objective, pseudo_log_likelihood
+from tinylm.train.objectives import build_objective
 
 V = 1000
 
@@ -218,17 +220,24 @@ def test_distillation_loss_is_the_temperature_scaled_kl():
     assert distillation_loss(s, [s], T).item() == pytest.approx(0.0, abs=1e-6)
 
 
-def test_pll_scores_every_token_once():
+def test_samples_of_a_masked_model_hold_each_prompts_pll(tmp_path):
+    """A masked model cannot generate: samples.txt holds the prompt's pseudo-log-likelihood, each
+    token after <bos> masked in turn and read at its own position, summed (written out here)."""
     model = tiny_bert(vocab=64).eval()
-    ids = [2, 9, 10, 11]
-    total, n = pseudo_log_likelihood(model, ids)
+    prompt = [9, 10, 11]
+    tok = SimpleNamespace(bos_id=2, eos_id=3, encode=lambda texts: [prompt])
+    write_samples(model, SimpleNamespace(tokenizer=tok), ["a prompt"], 5, 0, 7, tmp_path / "samples.txt", torch.device("cpu"),
+                  objective=SimpleNamespace(generates=False))
+    ids = [2, *prompt]
+    expected = 0.0
     with torch.no_grad():
-        expected = 0.0
         for k in range(1, 4):
             x = torch.tensor([ids])
             x[0, k] = MASK_ID
             expected += model(x)[0, k].log_softmax(-1)[ids[k]].item()
-    assert n == 3 and total == pytest.approx(expected, rel=1e-5)
+    text = (tmp_path / "samples.txt").read_text()
+    found = re.fullmatch(r"## step 7\na prompt >>> PLL (-?[0-9.]+) nats over 3 tokens \(.*\)\n\n", text)
+    assert found and float(found[1]) == pytest.approx(expected, abs=0.006)
 
 
 def test_objective_config_mistakes_are_input_errors():

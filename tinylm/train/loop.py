@@ -21,6 +21,8 @@ from tinylm import ops
 from tinylm.config import ModelConfig, PretrainConfig, validate_pretrain
 from tinylm.data.loader import dev_windows, make_loader
 from tinylm.data.pipeline import PreparedData, prepare_data
+from tinylm.data.tokenizer import MASK_ID, PAD_ID
+from tinylm.eval.scoring import masked_scores
 from tinylm.errors import InputError
 from tinylm.logs import attach_run_log, detach_run_log, progress_bar_wanted, step_line
 from tinylm.models import build_model
@@ -31,7 +33,7 @@ from tinylm.train.eval_during import TaskTracker, plot_eval_curve
 from tinylm.train.guard import RunStopped, StepGuard, StopSignals
 from tinylm.train.metrics import MetricsLog, plot_loss_curve, read_metrics, truncate_metrics
 from tinylm.train.milestones import MilestoneWriter, crossed
-from tinylm.train.objectives import Objective, build_objective, causal_lm_loss, pseudo_log_likelihood  # noqa: F401
+from tinylm.train.objectives import Objective, build_objective
 from tinylm.train.optim import build_optimizer, lr_at
 from tinylm.rerun import write_overrides
 from tinylm.train.resume import check_resume_inputs, find_resume_checkpoint, run_identity, set_aside_newer
@@ -98,8 +100,10 @@ def write_samples(model, data: PreparedData, prompts: list[str], n_tokens: int, 
     lines = [f"## step {step}"]
     for prompt in prompts:
         ids = torch.tensor([[tok.bos_id, *tok.encode([prompt])[0]]], device=device)
-        if objective is not None and not objective.generates:
-            pll, n = pseudo_log_likelihood(model, ids[0].tolist())
+        if objective is not None and not objective.generates:  # scored as the evaluation scores it
+            n = ids.shape[1] - 1
+            (pll,) = masked_scores(model, [(ids[0, 1:].tolist(), [True] * n)], "pll", MASK_ID, PAD_ID,
+                                   prefix=(tok.bos_id,), device=device)
             lines.append(f"{prompt} >>> PLL {pll:.2f} nats over {n} tokens ({pll / max(n, 1):.3f} per token)")
             continue
         out = model.generate(ids, n_tokens, temperature=0.8, top_k=50, eos_id=tok.eos_id, generator=generator)

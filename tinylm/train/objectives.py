@@ -44,7 +44,6 @@ import torch.nn.functional as F
 
 from tinylm import ops
 from tinylm.config import ObjectiveConfig
-from tinylm.data.tokenizer import MASK_ID, PAD_ID
 from tinylm.errors import InputError
 from tinylm.train import mtp
 from tinylm.train.distill import distillation_loss, load_teachers
@@ -66,11 +65,6 @@ Stats = dict[str, float]
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy (nats) over the targets that are not IGNORE; logits (..., V) in float32."""
     return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE)
-
-
-def causal_lm_loss(model, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy of a causal model (GPT, mLSTM): targets are input_ids shifted by one."""
-    return cross_entropy(model(input_ids), targets)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -401,25 +395,3 @@ def build_objective(cfg: ObjectiveConfig, model, vocab_size: int, total_steps: i
 
         return Bootstrap(cfg, model, vocab_size, total_steps, seed, device, teachers)
     return CLASSES[cfg.name](cfg, model, vocab_size, total_steps, seed, device, teachers)
-
-
-# --------------------------------------------------------------------------------------------------
-# pseudo-log-likelihood (samples.txt of masked models)
-
-
-@torch.no_grad()
-def pseudo_log_likelihood(model, ids: list[int], shifted: bool = False, mask_id: int = MASK_ID) -> tuple[float, int]:
-    """Salazar et al.'s PLL of one text: the sum over tokens 1..n-1 (token 0 is <bos>) of
-    log p(token k | the text with token k masked), read at position k, or k - 1 for MNTP models.
-    Returns (sum in nats, tokens scored)."""
-    device = next(model.parameters()).device
-    n = len(ids)
-    if n < 2:
-        return 0.0, 0
-    x = torch.tensor(ids, device=device)
-    k = torch.arange(1, n, device=device)
-    rows = x.repeat(n - 1, 1)
-    rows[torch.arange(n - 1, device=device), k] = mask_id
-    logp = model(rows, key_padding_mask=rows != PAD_ID).float().log_softmax(dim=-1)  # (n-1, n, V)
-    read = k - 1 if shifted else k
-    return float(logp[torch.arange(n - 1, device=device), read, x[k]].sum()), n - 1
